@@ -1,0 +1,1 @@
+//! Legacy PC devices: serial, i8042, CMOS RTC, debug exit.
