@@ -213,7 +213,9 @@ impl Bus {
 
     /// The devices on the bus: (base, len, name).
     pub fn devices(&self) -> impl Iterator<Item = (u64, u64, &str)> {
-        self.ranges.iter().map(|(b, e)| (*b, e.len, e.name.as_str()))
+        self.ranges
+            .iter()
+            .map(|(b, e)| (*b, e.len, e.name.as_str()))
     }
 }
 

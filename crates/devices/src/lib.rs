@@ -7,3 +7,4 @@
 pub mod bus;
 pub mod irq;
 pub mod legacy;
+pub mod probe;

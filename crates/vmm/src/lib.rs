@@ -1,1 +1,15 @@
-pub fn x(){}
+//! vlab's KVM glue: guest memory, vCPU threads, exit dispatch, boot.
+//!
+//! Pure parts (boot tables in [`arch`], [`exit::handle_exit`],
+//! [`cpu_setup`], [`control`], [`loader`]) are unit-tested without
+//! `/dev/kvm`; [`vm`] and [`vcpu`] drive KVM.
+
+pub mod arch;
+pub mod control;
+pub mod cpu_setup;
+pub mod doctor;
+pub mod exit;
+pub mod kick;
+pub mod loader;
+pub mod vcpu;
+pub mod vm;

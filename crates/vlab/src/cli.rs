@@ -1,0 +1,258 @@
+//! Command-line parsing. Every bad input becomes one line naming the
+//! problem and the fix; clap's multi-line errors are folded to their first
+//! line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use vmm::arch::layout;
+use vmm::vm::MAX_CPUS;
+
+/// A virtual hardware lab on KVM: boot kernels, drive virtual devices.
+#[derive(Parser, Debug)]
+#[command(name = "vlab", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: RawCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RawCommand {
+    /// Boot a kernel (vlab's own guest kernel when --kernel is not given).
+    Run(RawRunArgs),
+    /// Report what this host's KVM can do for vlab.
+    Doctor,
+}
+
+#[derive(Args, Debug)]
+struct RawRunArgs {
+    /// Kernel: a 64-bit ELF with a PVH note, a Linux vmlinux or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk for a Linux kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1 to 32).
+    #[arg(long, value_name = "N", default_value = "1")]
+    cpus: String,
+    /// Guest RAM, e.g. 256M, 2G, 3584M (RAM above 3 GiB goes above 4 GiB).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    memory: String,
+    /// Also write the guest's serial output to FILE.
+    #[arg(long, value_name = "FILE")]
+    console_log: Option<PathBuf>,
+    /// Print a summary (exits, unknown device accesses) when the VM stops.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// A parsed command.
+#[derive(Debug)]
+pub enum Command {
+    /// `vlab run`.
+    Run(RunArgs),
+    /// `vlab doctor`.
+    Doctor,
+}
+
+/// A parsed command line.
+#[derive(Debug)]
+pub struct CliArgs {
+    /// What to do.
+    pub command: Command,
+}
+
+/// Validated `vlab run` arguments.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    /// Kernel path, or None for the built-in guest.
+    pub kernel: Option<PathBuf>,
+    /// Initrd path.
+    pub initrd: Option<PathBuf>,
+    /// Command line (default: the built-in guest's `test=hello`, or
+    /// `console=ttyS0` for Linux).
+    pub cmdline: String,
+    /// vCPUs.
+    pub cpus: u8,
+    /// RAM bytes.
+    pub mem_size: u64,
+    /// Console log file.
+    pub console_log: Option<PathBuf>,
+    /// Print the summary.
+    pub verbose: bool,
+}
+
+/// Why parsing did not produce a command.
+#[derive(Debug)]
+pub enum ParseOutcome {
+    /// --help or --version: print and exit 0.
+    Info(String),
+    /// A one-line error.
+    Error(String),
+}
+
+/// The default command line for a Linux kernel.
+pub const LINUX_DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Parse and validate.
+pub fn parse<I, T>(args: I) -> Result<CliArgs, ParseOutcome>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| {
+        use clap::error::ErrorKind::*;
+        match e.kind() {
+            DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => {
+                ParseOutcome::Info(e.render().to_string())
+            }
+            _ => {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                let first = first.trim_start_matches("error: ");
+                ParseOutcome::Error(format!("{first} (see `vlab --help`)"))
+            }
+        }
+    })?;
+    let command = match cli.command {
+        RawCommand::Doctor => Command::Doctor,
+        RawCommand::Run(r) => Command::Run(validate_run(r).map_err(ParseOutcome::Error)?),
+    };
+    Ok(CliArgs { command })
+}
+
+fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {
+    let cpus = match r.cpus.trim().parse::<u32>() {
+        Ok(n) if (1..=u32::from(MAX_CPUS)).contains(&n) => n as u8,
+        _ => {
+            return Err(format!(
+                "Invalid --cpus {}: give a number from 1 to {MAX_CPUS}",
+                r.cpus
+            ))
+        }
+    };
+    let mem_size = layout::parse_mem_size(&r.memory).map_err(|e| e.to_string())?;
+    if r.initrd.is_some() && r.kernel.is_none() {
+        return Err(
+            "--initrd needs --kernel: the built-in guest kernel takes no initrd".to_string(),
+        );
+    }
+    let cmdline = match (r.cmdline, &r.kernel) {
+        (Some(c), _) => c,
+        (None, None) => "test=hello".to_string(),
+        (None, Some(_)) => LINUX_DEFAULT_CMDLINE.to_string(),
+    };
+    if cmdline.len() >= layout::CMDLINE_MAX {
+        return Err(format!(
+            "Command line is {} bytes; the limit is {} bytes, shorten --cmdline",
+            cmdline.len(),
+            layout::CMDLINE_MAX - 1
+        ));
+    }
+    if cmdline.contains('\0') {
+        return Err("Command line contains a NUL byte; remove it".to_string());
+    }
+    Ok(RunArgs {
+        kernel: r.kernel,
+        initrd: r.initrd,
+        cmdline,
+        cpus,
+        mem_size,
+        console_log: r.console_log,
+        verbose: r.verbose,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, String> {
+        let mut v = vec!["vlab", "run"];
+        v.extend_from_slice(args);
+        match parse(v) {
+            Ok(CliArgs {
+                command: Command::Run(r),
+            }) => Ok(r),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(ParseOutcome::Error(e)) => Err(e),
+            Err(ParseOutcome::Info(i)) => panic!("unexpected info {i}"),
+        }
+    }
+
+    fn one_line(e: &str) {
+        assert!(!e.contains('\n'), "multi-line error: {e:?}");
+    }
+
+    #[test]
+    fn defaults_boot_the_builtin_guest() {
+        let r = run_args(&[]).unwrap();
+        assert!(r.kernel.is_none());
+        assert_eq!((r.cpus, r.mem_size), (1, 256 << 20));
+        assert_eq!(r.cmdline, "test=hello");
+    }
+
+    #[test]
+    fn linux_gets_a_serial_console_by_default() {
+        let r = run_args(&["--kernel", "/boot/vmlinuz", "--cpus", "4", "--memory", "2G"]).unwrap();
+        assert_eq!(r.cmdline, LINUX_DEFAULT_CMDLINE);
+        assert_eq!((r.cpus, r.mem_size), (4, 2 << 30));
+    }
+
+    #[test]
+    fn bad_cpu_counts_are_one_line_errors() {
+        for bad in ["0", "33", "-1", "two", "", "99999999999"] {
+            let e = run_args(&["--cpus", bad]).unwrap_err();
+            one_line(&e);
+            assert!(e.contains("--cpus") && e.contains("1 to 32"), "{e}");
+        }
+        assert_eq!(run_args(&["--cpus", "32"]).unwrap().cpus, 32);
+    }
+
+    #[test]
+    fn bad_memory_sizes_are_one_line_errors() {
+        for bad in ["0", "0M", "12Q", "", "1K", "99999999999999999999G", "-5M"] {
+            let e = run_args(&["--memory", bad]).unwrap_err();
+            one_line(&e);
+            assert!(e.to_lowercase().contains("memory"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn long_command_lines_are_refused() {
+        let long = "x".repeat(layout::CMDLINE_MAX);
+        let e = run_args(&["--cmdline", &long]).unwrap_err();
+        one_line(&e);
+        assert!(e.contains("Command line is"), "{e}");
+    }
+
+    #[test]
+    fn initrd_without_kernel_is_refused() {
+        let e = run_args(&["--initrd", "x.cpio"]).unwrap_err();
+        assert!(e.contains("--initrd needs --kernel"));
+    }
+
+    #[test]
+    fn clap_errors_are_folded_to_one_line() {
+        let e = run_args(&["--bogus"]).unwrap_err();
+        one_line(&e);
+        assert!(e.contains("--bogus") && e.contains("vlab --help"), "{e}");
+        match parse(["vlab", "frobnicate"]) {
+            Err(ParseOutcome::Error(e)) => one_line(&e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_is_info_not_error() {
+        assert!(matches!(
+            parse(["vlab", "--help"]),
+            Err(ParseOutcome::Info(_))
+        ));
+    }
+}

@@ -1,0 +1,190 @@
+//! `vlab run`: build the VM, wire the terminal, wait, report, exit.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use vmm::control::StopReason;
+use vmm::vm::{KernelSource, MachineOptions, Vm, VmHandles};
+
+use crate::cli::RunArgs;
+use crate::guest::{GUEST_ELF, GUEST_NAME};
+use crate::terminal::{self, RawMode};
+use crate::{EXIT_CRASH, EXIT_GUEST_MAX, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VMM_ERROR};
+
+/// Serial output: the terminal, and a log file if asked.
+struct Console {
+    log: Option<File>,
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        if let Some(f) = &mut self.log {
+            f.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+/// Signals that stop vlab when they are not consumed by raw mode.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn stop_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+    }
+    set
+}
+
+/// Block the stop signals in this thread (and so in every thread spawned
+/// after) and turn them into a stop request on a dedicated thread.
+fn watch_signals(handles: VmHandles) {
+    let set = stop_sigset();
+    // SAFETY: `set` is a valid sigset; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` and `sig` are valid for the call.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            let name = match sig {
+                libc::SIGINT => "SIGINT (Ctrl-C)",
+                libc::SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            handles.control.request_stop(StopReason::User(name));
+        }
+    });
+}
+
+/// Run a VM; returns vlab's exit code.
+pub fn run(args: RunArgs) -> u8 {
+    let started = Instant::now();
+    let log = match &args.console_log {
+        Some(p) => match File::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "vlab: Cannot create console log {}: {e}; check the directory exists and is writable",
+                    p.display()
+                );
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
+    // Block the stop signals before any thread exists, so every vCPU thread
+    // inherits the mask and only the watcher sees them.
+    let set = stop_sigset();
+    // SAFETY: `set` is a valid sigset; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let opts = MachineOptions {
+        cpus: args.cpus,
+        mem_size: args.mem_size,
+        irqchip: true,
+    };
+    let kernel = match &args.kernel {
+        Some(p) => KernelSource::Path(p.clone()),
+        None => KernelSource::Bytes(GUEST_ELF, GUEST_NAME),
+    };
+    let vm = Vm::new(&opts, Box::new(Console { log })).and_then(|mut vm| {
+        vm.boot(&kernel, args.initrd.as_deref(), &args.cmdline)?;
+        vm.start()
+    });
+    let running = match vm {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vlab: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let handles = running.handles().clone();
+    watch_signals(handles.clone());
+    let raw = RawMode::enter();
+    {
+        let h = handles.clone();
+        let escapes = raw.is_some();
+        std::thread::spawn(move || terminal::pump_stdin(h, escapes));
+    }
+    let reason = running.wait();
+    if let Some(r) = &raw {
+        r.restore();
+    }
+    let _ = std::io::stdout().flush();
+    let code = report(&reason);
+    if args.verbose {
+        summary(&handles, started);
+    }
+    code
+}
+
+/// Print why the VM stopped (when it is news) and map it to an exit code.
+fn report(reason: &StopReason) -> u8 {
+    match reason {
+        StopReason::GuestExit(v) if *v <= EXIT_GUEST_MAX => *v,
+        StopReason::GuestExit(v) => {
+            eprintln!(
+                "vlab: guest exit status {v} is reserved (251-255 are vlab's); exiting {EXIT_GUEST_MAX}"
+            );
+            EXIT_GUEST_MAX
+        }
+        StopReason::GuestReset | StopReason::GuestPowerOff => 0,
+        StopReason::GuestCrash(info) => {
+            eprintln!("vlab: guest crashed: {info}");
+            EXIT_CRASH
+        }
+        StopReason::Halted { vcpu } => {
+            eprintln!("vlab: guest crashed: vCPU {vcpu} halted with no interrupt controller");
+            EXIT_CRASH
+        }
+        StopReason::User(what) => {
+            eprintln!("vlab: stopped by {what}");
+            EXIT_INTERRUPTED
+        }
+        StopReason::VmmError(e) => {
+            eprintln!("vlab: {e}");
+            EXIT_VMM_ERROR
+        }
+    }
+}
+
+/// The `--verbose` summary.
+fn summary(h: &VmHandles, started: Instant) {
+    let s = &h.buses.stats;
+    eprintln!(
+        "vlab: ran {:.3} s; exits to vlab: {} port I/O, {} MMIO, {} other",
+        started.elapsed().as_secs_f64(),
+        s.pio.load(Ordering::Relaxed),
+        s.mmio.load(Ordering::Relaxed),
+        s.other.load(Ordering::Relaxed)
+    );
+    for bus in [&h.buses.pio, &h.buses.mmio] {
+        let u = bus.unknown_accesses();
+        if u.total() == 0 {
+            eprintln!("vlab: no unclaimed {} accesses", bus.name());
+            continue;
+        }
+        eprintln!(
+            "vlab: {} unclaimed {} accesses ({} at untracked addresses):",
+            u.total(),
+            bus.name(),
+            u.overflow
+        );
+        for ((addr, dir, width), n) in &u.by_addr {
+            eprintln!("vlab:   {dir:?} {width} byte(s) at {addr:#x}: {n}");
+        }
+    }
+}

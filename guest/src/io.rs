@@ -1,0 +1,77 @@
+//! Port I/O, MSR, CPUID and other privileged x86 instructions.
+
+use core::arch::asm;
+
+/// Write one byte to an I/O port.
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O has no memory effects visible to Rust; the kernel
+    // owns the whole (virtual) machine.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Write a 32-bit value to an I/O port.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Write an MSR.
+///
+/// # Safety
+/// The MSR must exist and the value must not break memory safety (e.g.
+/// pvclock MSRs make the hypervisor write to the given address).
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack, preserves_flags))
+    }
+}
+
+/// Result of the CPUID instruction.
+#[derive(Clone, Copy)]
+pub struct Cpuid {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// Execute CPUID for `leaf` (subleaf 0).
+pub fn cpuid(leaf: u32) -> Cpuid {
+    // SAFETY: CPUID is always available in long mode.
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    Cpuid {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
+}
+
+/// Read the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is unprivileged-safe and has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Park this CPU forever with interrupts disabled.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: cli/hlt only stop this CPU.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}
+
+/// Read a `T` from a physical address (identity mapped).
+///
+/// # Safety
+/// `paddr` must be mapped and `size_of::<T>()` bytes there readable.
+pub unsafe fn read_phys<T: Copy>(paddr: u64) -> T {
+    // SAFETY: guaranteed by the caller; unaligned reads are allowed.
+    unsafe { core::ptr::read_unaligned(paddr as usize as *const T) }
+}
