@@ -62,3 +62,8 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     }
     exit(3)
 }
+
+/// Never called (panics abort), but unoptimised builds of the precompiled
+/// `core` still reference it from their unwind tables.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}

@@ -38,10 +38,20 @@ struct RawRunArgs {
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
     /// Number of vCPUs (1 to 32).
-    #[arg(long, value_name = "N", default_value = "1")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "1",
+        allow_hyphen_values = true
+    )]
     cpus: String,
     /// Guest RAM, e.g. 256M, 2G, 3584M (RAM above 3 GiB goes above 4 GiB).
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "256M",
+        allow_hyphen_values = true
+    )]
     memory: String,
     /// Also write the guest's serial output to FILE.
     #[arg(long, value_name = "FILE")]
@@ -137,6 +147,7 @@ fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {
         }
     };
     let mem_size = layout::parse_mem_size(&r.memory).map_err(|e| e.to_string())?;
+    layout::check_mem_size(mem_size, vmm::vm::host_memory()).map_err(|e| e.to_string())?;
     if r.initrd.is_some() && r.kernel.is_none() {
         return Err(
             "--initrd needs --kernel: the built-in guest kernel takes no initrd".to_string(),

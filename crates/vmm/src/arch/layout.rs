@@ -132,13 +132,15 @@ pub enum LayoutError {
     #[error("Memory size is empty; use e.g. --memory 512M")]
     Empty,
     /// The size string could not be parsed.
-    #[error("Invalid memory size '{0}'; use a number with an optional K/M/G/T suffix, e.g. 512M")]
+    #[error(
+        "Invalid --memory size '{0}'; use a number with an optional K/M/G/T suffix, e.g. 512M"
+    )]
     Invalid(String),
     /// The size was zero.
     #[error("Memory size must not be zero; use e.g. --memory 512M")]
     Zero,
     /// The size overflowed 64 bits.
-    #[error("Memory size '{0}' is too large")]
+    #[error("Memory size '{0}' is too large; use a smaller --memory")]
     Overflow(String),
     /// Below [`MIN_MEM`].
     #[error("Guest memory {0} is below the minimum of {min}; use --memory 16M or more", min = Size(MIN_MEM))]
