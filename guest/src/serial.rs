@@ -31,6 +31,28 @@ impl Write for Com1 {
     }
 }
 
+/// COM1 line status register and its data-ready bit.
+const COM1_LSR: u16 = COM1 + 5;
+const LSR_DATA_READY: u8 = 0x01;
+
+/// A received byte, if the UART has one (polled; no interrupt).
+pub fn try_read_byte() -> Option<u8> {
+    if crate::io::inb(COM1_LSR) & LSR_DATA_READY != 0 {
+        Some(crate::io::inb(COM1))
+    } else {
+        None
+    }
+}
+
+/// Write raw bytes (no prefix, no newline).
+pub fn write_raw(bytes: &[u8]) {
+    LOCK.with(1_000_000, |_| {
+        for &b in bytes {
+            outb(COM1, b);
+        }
+    });
+}
+
 /// Print one prefixed line (used by the `log!` macro).
 pub fn print_line(args: fmt::Arguments) {
     LOCK.with(1_000_000, |_| {

@@ -104,6 +104,10 @@ static TESTS: &[Test] = &[
         run: mmio_loop,
     },
     Test {
+        name: "echo",
+        run: echo,
+    },
+    Test {
         name: "panic",
         run: panic_test,
     },
@@ -305,6 +309,28 @@ fn mmio_loop(m: &mut Machine) -> u8 {
     }
     let dt = kvmclock::now_ns().wrapping_sub(t0);
     log!("loop done n={} ns={}", n, dt);
+    0
+}
+
+/// Echo serial input back, upper-cased so the echo is told apart from the
+/// terminal's own. Ends with status 0 on Ctrl-D (0x04); `max=` bytes
+/// (default unlimited) also ends it. Prints `echo ready` first.
+fn echo(m: &mut Machine) -> u8 {
+    let max = m.param_u64("max", u64::MAX);
+    log!("echo ready: type, Ctrl-D ends");
+    let mut n = 0u64;
+    while n < max {
+        let Some(b) = crate::serial::try_read_byte() else {
+            core::hint::spin_loop();
+            continue;
+        };
+        if b == 0x04 {
+            break;
+        }
+        crate::serial::write_raw(&[b.to_ascii_uppercase()]);
+        n += 1;
+    }
+    log!("echo done bytes={}", n);
     0
 }
 

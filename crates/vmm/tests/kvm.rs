@@ -178,3 +178,26 @@ fn triple_fault_is_reported_as_a_crash_with_rip() {
         other => panic!("expected a crash, got {other:?}"),
     }
 }
+
+#[test]
+fn i8042_reset_command_ends_the_vm_as_a_reset() {
+    // mov al, 0xfe; out 0x64, al; jmp $
+    let code = [0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
+    let (reason, _, _) = run(&code, true, None);
+    assert_eq!(reason, StopReason::GuestReset);
+}
+
+#[test]
+fn cmos_reports_the_memory_size_to_the_guest() {
+    // Read CMOS 0x34/0x35 (64 KiB units above 16 MiB) into RESULT.
+    let mut code = vec![0xb0, 0x34, 0xe6, 0x70, 0xe4, 0x71]; // al=cmos[0x34]
+    code.extend([0xa2]); // mov [RESULT], al
+    code.extend(addr32(RESULT as u32));
+    code.extend([0xb0, 0x35, 0xe6, 0x70, 0xe4, 0x71, 0xa2]);
+    code.extend(addr32(RESULT as u32 + 1));
+    code.push(0xf4);
+    let (reason, _, mem) = run(&code, false, None);
+    assert_eq!(reason, StopReason::Halted { vcpu: 0 });
+    let v: u16 = mem.read_obj(GuestAddress(RESULT)).unwrap();
+    assert_eq!(u64::from(v), ((64u64 << 20) - (16 << 20)) >> 16);
+}
