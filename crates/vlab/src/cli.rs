@@ -24,6 +24,27 @@ enum RawCommand {
     Run(RawRunArgs),
     /// Report what this host's KVM can do for vlab.
     Doctor,
+    /// Measure exit cost, start-up time and memory against a raw KVM loop and QEMU.
+    Bench(RawBenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct RawBenchArgs {
+    /// Measured runs per figure (default 15; 3 with --quick).
+    #[arg(long, value_name = "N")]
+    runs: Option<u32>,
+    /// Exits per I/O loop (default 20000; 2000 with --quick).
+    #[arg(long, value_name = "N")]
+    exits: Option<u64>,
+    /// A few short runs: a smoke test, not a measurement.
+    #[arg(long)]
+    quick: bool,
+    /// The QEMU binary to compare with.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +89,23 @@ pub enum Command {
     Run(RunArgs),
     /// `vlab doctor`.
     Doctor,
+    /// `vlab bench`.
+    Bench(BenchArgs),
+}
+
+/// Validated `vlab bench` arguments.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    /// Measured runs per figure.
+    pub runs: u32,
+    /// Exits per I/O loop.
+    pub exits: u64,
+    /// Smoke-test mode.
+    pub quick: bool,
+    /// QEMU binary.
+    pub qemu: PathBuf,
+    /// JSON output file.
+    pub json: Option<PathBuf>,
 }
 
 /// A parsed command line.
@@ -132,8 +170,29 @@ where
     let command = match cli.command {
         RawCommand::Doctor => Command::Doctor,
         RawCommand::Run(r) => Command::Run(validate_run(r).map_err(ParseOutcome::Error)?),
+        RawCommand::Bench(b) => Command::Bench(validate_bench(b).map_err(ParseOutcome::Error)?),
     };
     Ok(CliArgs { command })
+}
+
+fn validate_bench(b: RawBenchArgs) -> Result<BenchArgs, String> {
+    let runs = b.runs.unwrap_or(if b.quick { 3 } else { 15 });
+    let exits = b.exits.unwrap_or(if b.quick { 2000 } else { 20000 });
+    if !(1..=1000).contains(&runs) {
+        return Err(format!("Invalid --runs {runs}: give a number from 1 to 1000"));
+    }
+    if !(1..=100_000_000).contains(&exits) {
+        return Err(format!(
+            "Invalid --exits {exits}: give a number from 1 to 100000000"
+        ));
+    }
+    Ok(BenchArgs {
+        runs,
+        exits,
+        quick: b.quick,
+        qemu: b.qemu,
+        json: b.json,
+    })
 }
 
 fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {

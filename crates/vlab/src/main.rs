@@ -8,6 +8,7 @@
 //! - 253: vlab failed while the guest ran;
 //! - 254: bad input or setup (flags, files, /dev/kvm): nothing ran.
 
+mod bench;
 mod cli;
 mod doctor;
 mod guest;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Doctor => doctor::doctor(),
+        cli::Command::Bench(args) => bench::bench(args),
     };
     ExitCode::from(code)
 }

@@ -59,6 +59,8 @@ pub enum Exit<'a> {
     Shutdown {
         /// Guest RIP, if known.
         rip: Option<u64>,
+        /// Instruction bytes at RIP, if they could be read.
+        insn: Vec<u8>,
     },
     /// A guest-debug exit (breakpoint, single step).
     Debug,
@@ -111,13 +113,13 @@ pub fn handle_exit(exit: Exit<'_>, buses: &Buses, vcpu: u32) -> Action {
             buses.stats.other.fetch_add(1, Ordering::Relaxed);
             Action::Stop(StopReason::Halted { vcpu })
         }
-        Exit::Shutdown { rip } => {
+        Exit::Shutdown { rip, insn } => {
             buses.stats.other.fetch_add(1, Ordering::Relaxed);
             Action::Stop(StopReason::GuestCrash(CrashInfo {
                 vcpu,
                 what: "triple fault (KVM shutdown exit)".into(),
                 rip,
-                insn: Vec::new(),
+                insn,
             }))
         }
         Exit::Debug => Action::DebugStop,
@@ -217,9 +219,17 @@ mod tests {
             handle_exit(Exit::Hlt, &b, 3),
             Action::Stop(StopReason::Halted { vcpu: 3 })
         );
-        match handle_exit(Exit::Shutdown { rip: Some(0x42) }, &b, 1) {
+        match handle_exit(
+            Exit::Shutdown {
+                rip: Some(0x42),
+                insn: vec![0x0f, 0x0b],
+            },
+            &b,
+            1,
+        ) {
             Action::Stop(StopReason::GuestCrash(c)) => {
                 assert_eq!((c.vcpu, c.rip), (1, Some(0x42)));
+                assert_eq!(c.insn, vec![0x0f, 0x0b]);
                 assert!(c.what.contains("triple fault"));
             }
             other => panic!("unexpected {other:?}"),

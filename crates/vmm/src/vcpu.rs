@@ -136,9 +136,13 @@ impl Vcpu {
     /// Turn an exit that needed more ioctls into an action.
     fn finish(&mut self, p: Pending) -> Action {
         let exit = match p {
-            Pending::Shutdown => Exit::Shutdown {
-                rip: self.fd.get_regs().ok().map(|r| r.rip),
-            },
+            Pending::Shutdown => {
+                let c = self.crash(String::new());
+                Exit::Shutdown {
+                    rip: c.rip,
+                    insn: c.insn,
+                }
+            }
             Pending::Internal => Exit::Fatal(self.internal_error()),
             Pending::Fatal(what) => Exit::Fatal(self.crash(what)),
         };
