@@ -78,12 +78,12 @@ fn check_memory(arg: &str) {
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
     let expected: Vec<String> = layout::e820_map(size)
         .iter()
-        .map(|e| format!("e820 {:#x} {:#x} {}", e.addr, e.size, e.kind as u32))
+        .map(|e| format!("e820 {:#x} {:#x} {}", e.addr, e.size, e.kind))
         .collect();
     assert_eq!(guest_lines(&out, "e820 "), expected, "{out}");
     let ram: u64 = layout::e820_map(size)
         .iter()
-        .filter(|e| e.kind as u32 == 1)
+        .filter(|e| e.kind == layout::E820_RAM)
         .map(|e| e.size)
         .sum();
     let legacy_hole = 0x10_0000 - layout::EBDA_START;

@@ -66,8 +66,8 @@ pub struct ThreadKicker {
 impl ThreadKicker {
     /// A kicker for the calling thread.
     pub fn current() -> Self {
-        // SAFETY: pthread_self has no preconditions.
         ThreadKicker {
+            // SAFETY: pthread_self has no preconditions.
             thread: unsafe { libc::pthread_self() },
         }
     }

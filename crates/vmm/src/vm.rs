@@ -226,7 +226,7 @@ impl Vm {
         let mut buses = Buses::default();
         let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io {
             what: "create serial eventfd",
-            source: e.into(),
+            source: e,
         })?;
         if opts.irqchip {
             vm.register_irqfd(&serial_evt, COM1_IRQ)

@@ -170,7 +170,7 @@ impl fmt::Display for Size {
             (MIB, "MiB"),
             (KIB, "KiB"),
         ] {
-            if b >= unit && b % unit == 0 {
+            if b >= unit && b.is_multiple_of(unit) {
                 return write!(f, "{} {}", b / unit, name);
             }
         }
@@ -300,7 +300,7 @@ pub fn check_mem_size(size: u64, host_total: u64) -> Result<(), LayoutError> {
     if size > MAX_MEM {
         return Err(LayoutError::TooLarge(Size(size)));
     }
-    if size % PAGE_SIZE != 0 {
+    if !size.is_multiple_of(PAGE_SIZE) {
         return Err(LayoutError::Unaligned(Size(size)));
     }
     if size > host_total {
