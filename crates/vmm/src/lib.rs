@@ -9,6 +9,7 @@ pub mod control;
 pub mod cpu_setup;
 pub mod doctor;
 pub mod exit;
+pub mod interrupts;
 pub mod kick;
 pub mod loader;
 pub mod vcpu;
