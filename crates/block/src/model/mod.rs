@@ -1,0 +1,1 @@
+//! Disk timing models (pure, deterministic, simulated clock).
