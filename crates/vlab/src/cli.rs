@@ -179,7 +179,9 @@ fn validate_bench(b: RawBenchArgs) -> Result<BenchArgs, String> {
     let runs = b.runs.unwrap_or(if b.quick { 3 } else { 15 });
     let exits = b.exits.unwrap_or(if b.quick { 2000 } else { 20000 });
     if !(1..=1000).contains(&runs) {
-        return Err(format!("Invalid --runs {runs}: give a number from 1 to 1000"));
+        return Err(format!(
+            "Invalid --runs {runs}: give a number from 1 to 1000"
+        ));
     }
     if !(1..=100_000_000).contains(&exits) {
         return Err(format!(
@@ -315,6 +317,32 @@ mod tests {
         match parse(["vlab", "frobnicate"]) {
             Err(ParseOutcome::Error(e)) => one_line(&e),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_defaults_quick_and_bounds() {
+        let b = |args: &[&str]| {
+            let mut v = vec!["vlab", "bench"];
+            v.extend_from_slice(args);
+            match parse(v) {
+                Ok(CliArgs {
+                    command: Command::Bench(b),
+                }) => Ok(b),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(ParseOutcome::Error(e)) => Err(e),
+                Err(ParseOutcome::Info(i)) => panic!("unexpected info {i}"),
+            }
+        };
+        let d = b(&[]).unwrap();
+        assert_eq!((d.runs, d.exits, d.quick), (15, 20000, false));
+        assert_eq!(d.qemu, PathBuf::from("qemu-system-x86_64"));
+        let q = b(&["--quick"]).unwrap();
+        assert_eq!((q.runs, q.exits), (3, 2000));
+        let q = b(&["--quick", "--runs", "7"]).unwrap();
+        assert_eq!((q.runs, q.exits), (7, 2000));
+        for bad in [&["--runs", "0"][..], &["--exits", "0"], &["--runs", "x"]] {
+            one_line(&b(bad).unwrap_err());
         }
     }
 

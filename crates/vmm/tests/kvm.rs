@@ -17,7 +17,7 @@ const RESULT: u64 = 0x2000;
 /// Records accesses; reads answer 0x10, 0x11, ... per byte.
 #[derive(Default)]
 struct Recorder {
-    log: Vec<(u64, Vec<u8>, bool)>,
+    log: Vec<Logged>,
 }
 
 impl BusDevice for Recorder {
@@ -42,17 +42,16 @@ fn machine(irqchip: bool) -> Vm {
         .unwrap_or_else(|e| panic!("this test needs a usable /dev/kvm: {e}"))
 }
 
+/// One recorded access: offset, bytes, write?
+type Logged = (u64, Vec<u8>, bool);
+
 /// Run `code` in 32-bit protected mode; return the stop reason, the
 /// recorder's log and the guest memory.
 fn run(
     code: &[u8],
     irqchip: bool,
     idt_limit: Option<u16>,
-) -> (
-    StopReason,
-    Vec<(u64, Vec<u8>, bool)>,
-    vm_memory::GuestMemoryMmap,
-) {
+) -> (StopReason, Vec<Logged>, vm_memory::GuestMemoryMmap) {
     let mut vm = machine(irqchip);
     let rec = Arc::new(Mutex::new(Recorder::default()));
     vm.buses_mut()

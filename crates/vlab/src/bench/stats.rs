@@ -1,0 +1,305 @@
+//! The pure parts of `vlab bench`: medians, ratios, parsing the guest's
+//! output, formatting the table. No KVM, no timing.
+
+use std::fmt::Write as _;
+
+/// The median of `xs` (mean of the middle two for an even count); None when
+/// empty. NaNs sort last.
+pub fn median(xs: &[f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// `vlab / peer` when both exist and the peer is positive.
+pub fn ratio(vlab: Option<f64>, peer: Option<f64>) -> Option<f64> {
+    match (vlab, peer) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => Some(a / b),
+        _ => None,
+    }
+}
+
+/// A ratio as `1.03×` (`n/a` when missing).
+pub fn fmt_ratio(r: Option<f64>) -> String {
+    match r {
+        Some(r) => format!("{r:.2}×"),
+        None => "n/a".to_string(),
+    }
+}
+
+/// The guest's `vlab-guest: loop done n=<N> ns=<ns>` line: `(N, ns)`.
+pub fn parse_loop_line(out: &str) -> Option<(u64, u64)> {
+    out.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("vlab-guest: loop done ")?;
+        let mut n = None;
+        let mut ns = None;
+        for tok in rest.split_whitespace() {
+            if let Some(v) = tok.strip_prefix("n=") {
+                n = v.parse().ok();
+            } else if let Some(v) = tok.strip_prefix("ns=") {
+                ns = v.parse().ok();
+            }
+        }
+        Some((n?, ns?))
+    })
+}
+
+/// How a row's values are shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Nanoseconds, shown as ns.
+    Ns,
+    /// Nanoseconds, shown as ms.
+    NsAsMs,
+    /// KiB, shown as MiB.
+    KibAsMib,
+}
+
+/// Format a value in `unit` (`n/a` when missing).
+pub fn fmt_value(v: Option<f64>, unit: Unit) -> String {
+    match v {
+        None => "n/a".to_string(),
+        Some(v) => match unit {
+            Unit::Ns => format!("{v:.0} ns"),
+            Unit::NsAsMs => format!("{:.1} ms", v / 1e6),
+            Unit::KibAsMib => format!("{:.1} MiB", v / 1024.0),
+        },
+    }
+}
+
+/// One table row: every run's figure for vlab and for its peer.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// What is measured (and against whom).
+    pub metric: String,
+    /// Stable key for the JSON output.
+    pub key: &'static str,
+    /// The peer's name.
+    pub peer: &'static str,
+    /// vlab's figures, one per run.
+    pub vlab: Vec<f64>,
+    /// The peer's figures, one per run (empty: not measured).
+    pub peer_runs: Vec<f64>,
+    /// How the values are shown.
+    pub unit: Unit,
+    /// The ratio vlab/peer must not exceed.
+    pub target: f64,
+}
+
+impl Row {
+    /// vlab's median.
+    pub fn vlab_median(&self) -> Option<f64> {
+        median(&self.vlab)
+    }
+    /// The peer's median.
+    pub fn peer_median(&self) -> Option<f64> {
+        median(&self.peer_runs)
+    }
+    /// Median ratio.
+    pub fn ratio(&self) -> Option<f64> {
+        ratio(self.vlab_median(), self.peer_median())
+    }
+    /// `yes`/`no`/`n/a`.
+    pub fn met(&self) -> &'static str {
+        match self.ratio() {
+            Some(r) if r <= self.target => "yes",
+            Some(_) => "no",
+            None => "n/a",
+        }
+    }
+}
+
+/// The markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    s.push_str("| metric | vlab (median) | peer (median) | ratio | target | met |\n");
+    s.push_str("|---|---:|---:|---:|---:|:---:|\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | ≤ {:.2}× | {} |",
+            r.metric,
+            fmt_value(r.vlab_median(), r.unit),
+            fmt_value(r.peer_median(), r.unit),
+            fmt_ratio(r.ratio()),
+            r.target,
+            r.met()
+        );
+    }
+    s
+}
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v}"),
+        _ => "null".to_string(),
+    }
+}
+
+fn json_list(v: &[f64]) -> String {
+    let items: Vec<String> = v.iter().map(|x| json_num(Some(*x))).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The results as a JSON document.
+pub fn json(header: &[(&str, String)], rows: &[Row]) -> String {
+    let mut s = String::from("{\n");
+    for (k, v) in header {
+        let _ = writeln!(s, "  {}: {},", json_str(k), json_str(v));
+    }
+    s.push_str("  \"rows\": [\n");
+    for (i, r) in rows.iter().enumerate() {
+        let unit = match r.unit {
+            Unit::Ns | Unit::NsAsMs => "ns",
+            Unit::KibAsMib => "KiB",
+        };
+        let _ = write!(
+            s,
+            "    {{\"key\": {}, \"metric\": {}, \"peer\": {}, \"unit\": {}, \
+             \"vlab_median\": {}, \"peer_median\": {}, \"ratio\": {}, \"target\": {}, \
+             \"vlab_runs\": {}, \"peer_runs\": {}}}",
+            json_str(r.key),
+            json_str(&r.metric),
+            json_str(r.peer),
+            json_str(unit),
+            json_num(r.vlab_median()),
+            json_num(r.peer_median()),
+            json_num(r.ratio()),
+            json_num(Some(r.target)),
+            json_list(&r.vlab),
+            json_list(&r.peer_runs),
+        );
+        s.push_str(if i + 1 < rows.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("  ]\n}\n");
+    s
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch.
+pub fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        // One wild outlier does not move it.
+        assert_eq!(median(&[10.0, 11.0, 1e9, 12.0, 9.0]), Some(11.0));
+    }
+
+    #[test]
+    fn ratios_format_with_two_decimals_or_na() {
+        assert_eq!(fmt_ratio(ratio(Some(1.5), Some(1.0))), "1.50×");
+        assert_eq!(fmt_ratio(ratio(Some(1.0), Some(3.0))), "0.33×");
+        assert_eq!(fmt_ratio(ratio(Some(1.0), None)), "n/a");
+        assert_eq!(fmt_ratio(ratio(None, Some(1.0))), "n/a");
+        assert_eq!(fmt_ratio(ratio(Some(1.0), Some(0.0))), "n/a");
+    }
+
+    #[test]
+    fn loop_line_is_found_among_the_guest_output() {
+        let out = "vlab-guest: vlab guest kernel 0.1.0 cmdline=\"test=pio-loop n=20000\"\n\
+                   vlab-guest: cpus online=1 of 1\n\
+                   vlab-guest: loop done n=20000 ns=308767263\n";
+        assert_eq!(parse_loop_line(out), Some((20000, 308_767_263)));
+        assert_eq!(
+            parse_loop_line("vlab-guest: loop done ns=5 n=2\r\n"),
+            Some((2, 5))
+        );
+        assert_eq!(parse_loop_line("vlab-guest: hello done\n"), None);
+        assert_eq!(parse_loop_line("vlab-guest: loop done n=x ns=1\n"), None);
+        assert_eq!(parse_loop_line("vlab-guest: loop done n=3\n"), None);
+    }
+
+    #[test]
+    fn table_rows_show_medians_ratio_and_verdict() {
+        let rows = [
+            Row {
+                metric: "PIO".into(),
+                key: "pio",
+                peer: "raw",
+                vlab: vec![110.0, 100.0, 105.0],
+                peer_runs: vec![100.0, 100.0, 100.0],
+                unit: Unit::Ns,
+                target: 1.10,
+            },
+            Row {
+                metric: "boot".into(),
+                key: "boot",
+                peer: "QEMU",
+                vlab: vec![30e6],
+                peer_runs: vec![],
+                unit: Unit::NsAsMs,
+                target: 0.3,
+            },
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains("| PIO | 105 ns | 100 ns | 1.05× | ≤ 1.10× | yes |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| boot | 30.0 ms | n/a | n/a | ≤ 0.30× | n/a |"),
+            "{t}"
+        );
+        let j = json(&[("host", "a \"b\"".into())], &rows);
+        assert!(j.contains("\"host\": \"a \\\"b\\\"\""), "{j}");
+        assert!(j.contains("\"peer_median\": null"), "{j}");
+    }
+
+    #[test]
+    fn dates_are_utc_civil_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_date(1_735_689_599), "2024-12-31 23:59:59 UTC");
+    }
+}
