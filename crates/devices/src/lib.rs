@@ -5,6 +5,8 @@
 //! [`irq::Irq`]. The `vmm` crate wires them to KVM; tests use fakes.
 
 pub mod bus;
+pub mod dma;
 pub mod irq;
 pub mod legacy;
+pub mod pci;
 pub mod probe;
