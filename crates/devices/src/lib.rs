@@ -10,3 +10,4 @@ pub mod irq;
 pub mod legacy;
 pub mod pci;
 pub mod probe;
+pub mod vgpu;
