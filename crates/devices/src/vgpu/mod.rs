@@ -21,6 +21,7 @@
 
 pub mod command;
 pub mod engine;
+pub mod pci;
 pub mod raster;
 pub mod regs;
 pub mod screenshot;
@@ -31,6 +32,7 @@ pub use engine::{DmaKind, Event, MsiSink, Vgpu};
 pub use raster::{DmaFault, DmaRead, FbGeometry, VecMemory};
 pub use regs::ErrorCode;
 pub use screenshot::{framebuffer_png, render_reference, screenshot, ScreenshotError};
+pub use pci::VgpuPci;
 pub use worker::{FrameMemory, VecFrame, Worker};
 
 #[cfg(test)]
