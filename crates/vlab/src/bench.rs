@@ -72,6 +72,7 @@ impl Capture {
 /// output after checking it exited 0.
 fn vlab_in_process(cmdline: &str) -> Result<(String, u64), String> {
     let opts = MachineOptions {
+        pci_devices: Vec::new(),
         cpus: 1,
         mem_size: MEM_BYTES,
         irqchip: true,

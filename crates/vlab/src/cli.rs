@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use vmm::arch::layout;
+use vmm::pci::PciDeviceKind;
 use vmm::vm::MAX_CPUS;
 
 /// A virtual hardware lab on KVM: boot kernels, drive virtual devices.
@@ -26,6 +27,9 @@ enum RawCommand {
     Doctor,
     /// Measure exit cost, start-up time and memory against a raw KVM loop and QEMU.
     Bench(RawBenchArgs),
+    /// Create, clone, inspect and check disk images.
+    #[command(subcommand)]
+    Disk(crate::disk::DiskCommand),
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +81,10 @@ struct RawRunArgs {
     /// Also write the guest's serial output to FILE.
     #[arg(long, value_name = "FILE")]
     console_log: Option<PathBuf>,
+    /// A teaching device on the PCI bus (repeat for more): vgpu. Default:
+    /// one of each; `--device none` for a bare bus.
+    #[arg(long = "device", value_name = "NAME")]
+    devices: Vec<String>,
     /// Print a summary (exits, unknown device accesses) when the VM stops.
     #[arg(long, short)]
     verbose: bool,
@@ -91,6 +99,8 @@ pub enum Command {
     Doctor,
     /// `vlab bench`.
     Bench(BenchArgs),
+    /// `vlab disk`.
+    Disk(crate::disk::DiskCommand),
 }
 
 /// Validated `vlab bench` arguments.
@@ -133,6 +143,8 @@ pub struct RunArgs {
     pub console_log: Option<PathBuf>,
     /// Print the summary.
     pub verbose: bool,
+    /// PCI devices, slot order.
+    pub devices: Vec<PciDeviceKind>,
 }
 
 /// Why parsing did not produce a command.
@@ -171,6 +183,7 @@ where
         RawCommand::Doctor => Command::Doctor,
         RawCommand::Run(r) => Command::Run(validate_run(r).map_err(ParseOutcome::Error)?),
         RawCommand::Bench(b) => Command::Bench(validate_bench(b).map_err(ParseOutcome::Error)?),
+        RawCommand::Disk(d) => Command::Disk(d),
     };
     Ok(CliArgs { command })
 }
@@ -229,7 +242,9 @@ fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {
     if cmdline.contains('\0') {
         return Err("Command line contains a NUL byte; remove it".to_string());
     }
+    let devices = parse_devices(&r.devices)?;
     Ok(RunArgs {
+        devices,
         kernel: r.kernel,
         initrd: r.initrd,
         cmdline,
@@ -238,6 +253,39 @@ fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {
         console_log: r.console_log,
         verbose: r.verbose,
     })
+}
+
+/// Most PCI devices `--device` may add (slots 1..=31 exist; keep room).
+pub const MAX_DEVICES: usize = 16;
+
+fn parse_devices(names: &[String]) -> Result<Vec<PciDeviceKind>, String> {
+    if names.is_empty() {
+        return Ok(PciDeviceKind::ALL.iter().map(|(_, k)| *k).collect());
+    }
+    if names.iter().any(|n| n == "none") {
+        if names.len() > 1 {
+            return Err("--device none cannot be combined with other devices".into());
+        }
+        return Ok(Vec::new());
+    }
+    if names.len() > MAX_DEVICES {
+        return Err(format!(
+            "Too many --device options ({}); at most {MAX_DEVICES}",
+            names.len()
+        ));
+    }
+    names
+        .iter()
+        .map(|n| {
+            PciDeviceKind::parse(n).ok_or_else(|| {
+                let known: Vec<&str> = PciDeviceKind::ALL.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "Unknown --device {n:?}; choose from {} or none",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -344,6 +392,23 @@ mod tests {
         for bad in [&["--runs", "0"][..], &["--exits", "0"], &["--runs", "x"]] {
             one_line(&b(bad).unwrap_err());
         }
+    }
+
+    #[test]
+    fn devices_default_to_one_of_each_and_parse() {
+        let all: Vec<_> = PciDeviceKind::ALL.iter().map(|(_, k)| *k).collect();
+        assert_eq!(run_args(&[]).unwrap().devices, all);
+        assert!(run_args(&["--device", "none"]).unwrap().devices.is_empty());
+        assert_eq!(
+            run_args(&["--device", "vgpu", "--device", "vgpu"])
+                .unwrap()
+                .devices,
+            vec![PciDeviceKind::Vgpu, PciDeviceKind::Vgpu]
+        );
+        let e = run_args(&["--device", "gpu9000"]).unwrap_err();
+        one_line(&e);
+        assert!(e.contains("Unknown --device") && e.contains("vgpu"), "{e}");
+        assert!(run_args(&["--device", "none", "--device", "vgpu"]).is_err());
     }
 
     #[test]

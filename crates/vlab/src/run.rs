@@ -95,6 +95,7 @@ pub fn run(args: RunArgs) -> u8 {
         cpus: args.cpus,
         mem_size: args.mem_size,
         irqchip: true,
+        pci_devices: args.devices.clone(),
     };
     let kernel = match &args.kernel {
         Some(p) => KernelSource::Path(p.clone()),

@@ -12,5 +12,6 @@ pub mod exit;
 pub mod interrupts;
 pub mod kick;
 pub mod loader;
+pub mod pci;
 pub mod vcpu;
 pub mod vm;

@@ -25,7 +25,9 @@ use crate::arch::{self, layout};
 use crate::control::{StopReason, VmControl};
 use crate::cpu_setup;
 use crate::exit::Buses;
+use crate::interrupts::Resampler;
 use crate::loader::{self, BootEntry, LoadError, LoadedKernel};
+use crate::pci::{self, PciDeviceKind, PciMachine, VgpuHandle};
 use crate::vcpu::Vcpu;
 
 /// Most vCPUs a VM may have.
@@ -37,7 +39,7 @@ pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 /// I/O port of the PIO probe (4 ports; the debug exit takes only 0xf4).
 pub const PROBE_PORT: u64 = 0xf5;
 /// Guest-physical address of the MMIO probe page.
-pub const PROBE_MMIO: u64 = 0xd000_0000;
+pub const PROBE_MMIO: u64 = layout::PROBE_MMIO_START;
 /// COM1.
 const COM1_PORT: u64 = 0x3f8;
 const COM1_IRQ: u32 = 4;
@@ -80,6 +82,12 @@ pub enum VmError {
     /// Device wiring problem.
     #[error("Device setup failed: {0}")]
     Bus(#[from] BusError),
+    /// PCI wiring problem.
+    #[error(transparent)]
+    Pci(#[from] pci::PciSetupError),
+    /// Interrupt wiring problem.
+    #[error(transparent)]
+    Interrupt(#[from] crate::interrupts::InterruptError),
     /// Other I/O error during setup.
     #[error("{what}: {source}")]
     Io {
@@ -144,6 +152,8 @@ pub struct VmHandles {
     pub probe: Arc<ProbeCounters>,
     /// The buses (for the unknown-access summary).
     pub buses: Arc<Buses>,
+    /// The vgpu, if the machine has one (screenshots).
+    pub vgpu: Option<VgpuHandle>,
 }
 
 impl VmHandles {
@@ -156,7 +166,8 @@ impl VmHandles {
 /// A VM that is set up but not running.
 pub struct Vm {
     _kvm: Kvm,
-    vm: VmFd,
+    vm: Arc<VmFd>,
+    pci: Option<PciMachine>,
     mem: GuestMemoryMmap,
     mem_size: u64,
     vcpus: Vec<VcpuFd>,
@@ -173,8 +184,10 @@ pub struct MachineOptions {
     /// RAM bytes.
     pub mem_size: u64,
     /// Create the in-kernel irqchip and PIT (always, except in KVM tests
-    /// that want `HLT` to reach user space).
+    /// that want `HLT` to reach user space). Without it there is no PCI.
     pub irqchip: bool,
+    /// Teaching devices on the PCI bus, in slot order from slot 1.
+    pub pci_devices: Vec<PciDeviceKind>,
 }
 
 impl Vm {
@@ -186,7 +199,7 @@ impl Vm {
         }
         layout::check_mem_size(opts.mem_size, host_memory())?;
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
-        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create VM"))?);
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("set TSS address"))?;
         if opts.irqchip {
@@ -263,6 +276,12 @@ impl Vm {
         let mmio_probe: SharedDevice = Arc::new(Mutex::new(Probe::new(probe.clone())));
         buses.mmio.insert(mmio_probe, PROBE_MMIO, 0x1000, "probe")?;
 
+        let pci = if opts.irqchip {
+            Some(pci::build(&vm, &mem, &opts.pci_devices, &mut buses)?)
+        } else {
+            None
+        };
+
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported CPUID"))?;
@@ -291,6 +310,7 @@ impl Vm {
         Ok(Vm {
             _kvm: kvm,
             vm,
+            pci,
             mem,
             mem_size: opts.mem_size,
             vcpus,
@@ -356,7 +376,13 @@ impl Vm {
         arch::boot::write_cmdline(&self.mem, cmdline_addr, cmdline).map_err(|e| boot(&e))?;
         let e820 = layout::e820_map(self.mem_size);
         arch::mptable::setup_mptable(&self.mem, cpus).map_err(|e| boot(&e))?;
-        let rsdp = arch::acpi::setup_acpi(&self.mem, cpus, None).map_err(|e| boot(&e))?;
+        let mcfg = self.pci.as_ref().map(|_| arch::acpi::Mcfg {
+            base: layout::PCI_ECAM_START,
+            segment: 0,
+            start_bus: 0,
+            end_bus: ((layout::PCI_ECAM_SIZE >> 20) - 1) as u8,
+        });
+        let rsdp = arch::acpi::setup_acpi(&self.mem, cpus, mcfg).map_err(|e| boot(&e))?;
 
         let initrd = match initrd {
             Some(p) => {
@@ -416,6 +442,11 @@ impl Vm {
             what: "install vCPU kick signal handler",
             source,
         })?;
+        let resampler = match &self.pci {
+            Some(p) => Some(Resampler::start(p.lines.clone())?),
+            None => None,
+        };
+        let vgpu = self.pci.as_ref().and_then(|p| p.vgpu.clone());
         let buses = Arc::new(self.buses);
         let mut threads = Vec::new();
         for fd in self.vcpus {
@@ -443,8 +474,11 @@ impl Vm {
                 serial: self.handles_serial,
                 probe: self.probe,
                 buses,
+                vgpu,
             },
             threads,
+            _resampler: resampler,
+            _pci: self.pci,
             _vm: self.vm,
             _kvm: self._kvm,
             _mem: self.mem,
@@ -483,8 +517,12 @@ pub fn host_memory() -> u64 {
 pub struct RunningVm {
     handles: VmHandles,
     threads: Vec<JoinHandle<()>>,
-    // Keep the KVM objects and memory alive until the threads are joined.
-    _vm: VmFd,
+    // Keep the KVM objects and memory alive until the threads are joined;
+    // the PCI devices (and the host memory behind their memslots) go
+    // before the VM fd.
+    _resampler: Option<Resampler>,
+    _pci: Option<PciMachine>,
+    _vm: Arc<VmFd>,
     _kvm: Kvm,
     _mem: GuestMemoryMmap,
 }

@@ -34,6 +34,7 @@ impl BusDevice for Recorder {
 
 fn machine(irqchip: bool) -> Vm {
     let opts = MachineOptions {
+        pci_devices: Vec::new(),
         cpus: 1,
         mem_size: 64 << 20,
         irqchip,
@@ -199,4 +200,71 @@ fn cmos_reports_the_memory_size_to_the_guest() {
     assert_eq!(reason, StopReason::Halted { vcpu: 0 });
     let v: u16 = mem.read_obj(GuestAddress(RESULT)).unwrap();
     assert_eq!(u64::from(v), ((64u64 << 20) - (16 << 20)) >> 16);
+}
+
+/// vgpu's BAR0 is a read-only register page: the guest's reads are plain
+/// memory reads (no exit), its writes trap to the model, which republishes
+/// the page. The guest finds the device through CF8/CFC like firmware.
+#[test]
+fn register_page_reads_cost_no_exit_and_writes_reach_the_model() {
+    use vmm::pci::PciDeviceKind;
+    use vmm::vm::{MachineOptions, Vm};
+    let opts = MachineOptions {
+        pci_devices: vec![PciDeviceKind::Vgpu],
+        cpus: 1,
+        mem_size: 64 << 20,
+        irqchip: true,
+    };
+    let vm = Vm::new(&opts, Box::new(std::io::sink()))
+        .unwrap_or_else(|e| panic!("this test needs a usable /dev/kvm: {e}"));
+    let r = RESULT as u32;
+    let mut code = Vec::new();
+    let cfg = |code: &mut Vec<u8>, reg: u32| {
+        code.extend([0x66, 0xba, 0xf8, 0x0c]); // mov dx, 0xcf8
+        code.push(0xb8); // mov eax, 0x80000800 | reg (bus 0, dev 1, fn 0)
+        code.extend((0x8000_0800u32 | reg).to_le_bytes());
+        code.push(0xef); // out dx, eax
+        code.extend([0x66, 0xba, 0xfc, 0x0c]); // mov dx, 0xcfc
+        code.push(0xed); // in eax, dx
+    };
+    cfg(&mut code, 0x00);
+    code.push(0xa3); // mov [r], eax  (vendor/device)
+    code.extend(r.to_le_bytes());
+    cfg(&mut code, 0x10);
+    code.push(0x25); // and eax, ~0xf
+    code.extend(0xffff_fff0u32.to_le_bytes());
+    code.push(0xa3); // mov [r+4], eax  (BAR0)
+    code.extend((r + 4).to_le_bytes());
+    code.extend([0x89, 0xc3]); // mov ebx, eax
+    for _ in 0..100 {
+        code.extend([0x8b, 0x03]); // mov eax, [ebx]  (REG_ID, from the page)
+    }
+    code.push(0xa3); // mov [r+8], eax
+    code.extend((r + 8).to_le_bytes());
+    code.extend([0xc7, 0x43, 0x5c]); // mov dword [ebx+0x5c], 0x12345678 (SCRATCH)
+    code.extend(0x1234_5678u32.to_le_bytes());
+    code.extend([0x8b, 0x43, 0x5c]); // mov eax, [ebx+0x5c]
+    code.push(0xa3); // mov [r+12], eax
+    code.extend((r + 12).to_le_bytes());
+    code.extend([0xb0, 0x00, 0xe6, 0xf4]); // debug exit 0
+    code.extend([0xeb, 0xfe]);
+    vm.memory().write_slice(&code, GuestAddress(CODE)).unwrap();
+    let mut sregs = vm.boot_sregs().unwrap();
+    let regs = cpu_setup::pvh_regs(CODE, 0, &mut sregs);
+    vm.set_boot_regs(&regs, &sregs).unwrap();
+    let mem = vm.memory().clone();
+    let running = vm.start().unwrap();
+    let stats = running.handles().buses.clone();
+    assert_eq!(running.wait(), StopReason::GuestExit(0));
+    let word = |o: u64| -> u32 { mem.read_obj(GuestAddress(RESULT + o)).unwrap() };
+    assert_eq!(word(0), 0x0001_7ab5, "vgpu vendor/device through CF8/CFC");
+    let bar0 = word(4);
+    assert!((0xc000_0000..0xd000_0000).contains(&bar0), "BAR0 {bar0:#x}");
+    assert_ne!(word(8), 0, "REG_ID read through the register page");
+    assert_eq!(word(12), 0x1234_5678, "SCRATCH written through a trap");
+    let mmio_exits = stats.stats.mmio.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        mmio_exits, 1,
+        "100 register reads must not exit; only the SCRATCH write traps"
+    );
 }

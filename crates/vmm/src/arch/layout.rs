@@ -16,7 +16,8 @@
 //!             │  0xF0000  MP floating pointer + MP config table (MPTABLE_START)
 //! 0x0010_0000 ┼ RAM: kernel loaded here (KERNEL_START), initrd at the top of low RAM
 //! 0xC000_0000 ┼ 32-bit MMIO hole (not in e820, except the ECAM window)
-//!             │ 0xC000_0000..0xE000_0000  PCI 32-bit BARs     (PCI_MMIO32_START)
+//!             │ 0xC000_0000..0xD000_0000  PCI 32-bit BARs     (PCI_MMIO32_START)
+//!             │ 0xD000_0000..0xD000_1000  vlab probe page     (PROBE_MMIO_START)
 //!             │ 0xE000_0000..0xF000_0000  PCI ECAM, e820 reserved (PCI_ECAM_START)
 //!             │ 0xF000_0000..0xFEC0_0000  platform MMIO         (PLATFORM_MMIO_START)
 //!             │ 0xFEC0_0000  IOAPIC,  0xFEE0_0000  LAPIC
@@ -95,8 +96,10 @@ pub const MMIO_HOLE_START: u64 = 0xC000_0000;
 pub const MMIO_HOLE_END: u64 = 1 << 32;
 /// PCI 32-bit BAR window.
 pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
-/// Size of the PCI 32-bit BAR window.
-pub const PCI_MMIO32_SIZE: u64 = PCI_ECAM_START - PCI_MMIO32_START;
+/// Size of the PCI 32-bit BAR window (256 MiB, up to the probe page).
+pub const PCI_MMIO32_SIZE: u64 = PROBE_MMIO_START - PCI_MMIO32_START;
+/// vlab's probe page (counts accesses; the exit benchmark's MMIO target).
+pub const PROBE_MMIO_START: u64 = 0xD000_0000;
 /// PCI Express ECAM (MMCONFIG) window, buses 0..=255 of segment 0.
 pub const PCI_ECAM_START: u64 = 0xE000_0000;
 /// Size of the ECAM window (256 buses x 1 MiB).
