@@ -78,6 +78,10 @@ struct RawRunArgs {
     /// Also write the guest's serial output to FILE.
     #[arg(long, value_name = "FILE")]
     console_log: Option<PathBuf>,
+    /// Write vgpu's framebuffer as PNG to FILE when the VM stops (and on
+    /// SIGUSR1 or Ctrl-A s while it runs).
+    #[arg(long, value_name = "FILE")]
+    screenshot: Option<PathBuf>,
     /// A teaching device on the PCI bus (repeat for more): vgpu. Default:
     /// one of each; `--device none` for a bare bus.
     #[arg(long = "device", value_name = "NAME")]
@@ -140,6 +144,8 @@ pub struct RunArgs {
     pub verbose: bool,
     /// PCI devices, slot order.
     pub devices: Vec<PciDeviceKind>,
+    /// Screenshot file.
+    pub screenshot: Option<PathBuf>,
 }
 
 /// Why parsing did not produce a command.
@@ -237,8 +243,12 @@ fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {
         return Err("Command line contains a NUL byte; remove it".to_string());
     }
     let devices = parse_devices(&r.devices)?;
+    if r.screenshot.is_some() && !devices.contains(&PciDeviceKind::Vgpu) {
+        return Err("--screenshot needs a vgpu: drop --device none or add --device vgpu".into());
+    }
     Ok(RunArgs {
         devices,
+        screenshot: r.screenshot,
         kernel: r.kernel,
         initrd: r.initrd,
         cmdline,

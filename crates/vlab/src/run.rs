@@ -33,8 +33,10 @@ impl Write for Console {
     }
 }
 
-/// Signals that stop vlab when they are not consumed by raw mode.
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Signals the watcher thread handles: the first three stop vlab, SIGUSR1
+/// writes a screenshot.
+const WATCHED_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1];
 
 fn stop_sigset() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset.
@@ -42,31 +44,73 @@ fn stop_sigset() -> libc::sigset_t {
     // SAFETY: `set` is a valid sigset_t.
     unsafe {
         libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
+        for s in WATCHED_SIGNALS {
             libc::sigaddset(&mut set, s);
         }
     }
     set
 }
 
-/// Block the stop signals in this thread (and so in every thread spawned
-/// after) and turn them into a stop request on a dedicated thread.
-fn watch_signals(handles: VmHandles) {
+/// Turn the watched signals (blocked in every thread) into stop requests
+/// and screenshots, on a dedicated thread.
+fn watch_signals(handles: VmHandles, shot: Screenshotter) {
     let set = stop_sigset();
-    // SAFETY: `set` is a valid sigset; a null old-set pointer is allowed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    std::thread::spawn(move || {
+    std::thread::spawn(move || loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` and `sig` are valid for the call.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            let name = match sig {
-                libc::SIGINT => "SIGINT (Ctrl-C)",
-                libc::SIGTERM => "SIGTERM",
-                _ => "SIGHUP",
-            };
-            handles.control.request_stop(StopReason::User(name));
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
         }
+        let name = match sig {
+            libc::SIGUSR1 => {
+                shot.take();
+                continue;
+            }
+            libc::SIGINT => "SIGINT (Ctrl-C)",
+            libc::SIGTERM => "SIGTERM",
+            _ => "SIGHUP",
+        };
+        handles.control.request_stop(StopReason::User(name));
+        return;
     });
+}
+
+/// Writes vgpu's framebuffer as PNG.
+#[derive(Clone)]
+struct Screenshotter {
+    vgpu: Option<vmm::pci::VgpuHandle>,
+    path: Option<std::path::PathBuf>,
+}
+
+impl Screenshotter {
+    /// Write a screenshot to the configured path, or to
+    /// `vlab-screenshot-<pid>.png` when none was given. Reports on stderr.
+    fn take(&self) -> bool {
+        let Some(v) = &self.vgpu else {
+            eprintln!("vlab: no screenshot: this machine has no vgpu");
+            return false;
+        };
+        let path = self
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("vlab-screenshot-{}.png", std::process::id()).into());
+        match devices::vgpu::screenshot(&v.model, &*v.framebuffer) {
+            Ok(png) => match std::fs::write(&path, png) {
+                Ok(()) => {
+                    eprintln!("vlab: screenshot written to {}", path.display());
+                    true
+                }
+                Err(e) => {
+                    eprintln!("vlab: cannot write screenshot {}: {e}", path.display());
+                    false
+                }
+            },
+            Err(e) => {
+                eprintln!("vlab: no screenshot: {e}");
+                false
+            }
+        }
+    }
 }
 
 /// Run a VM; returns vlab's exit code.
@@ -113,19 +157,31 @@ pub fn run(args: RunArgs) -> u8 {
         }
     };
     let handles = running.handles().clone();
-    watch_signals(handles.clone());
+    let shot = Screenshotter {
+        vgpu: handles.vgpu.clone(),
+        path: args.screenshot.clone(),
+    };
+    watch_signals(handles.clone(), shot.clone());
     let raw = RawMode::enter();
     {
         let h = handles.clone();
         let escapes = raw.is_some();
-        std::thread::spawn(move || terminal::pump_stdin(h, escapes));
+        let s = shot.clone();
+        std::thread::spawn(move || {
+            terminal::pump_stdin(h, escapes, &|| {
+                s.take();
+            })
+        });
     }
     let reason = running.wait();
     if let Some(r) = &raw {
         r.restore();
     }
     let _ = std::io::stdout().flush();
-    let code = report(&reason);
+    let mut code = report(&reason);
+    if args.screenshot.is_some() && !shot.take() && code == 0 {
+        code = EXIT_VMM_ERROR;
+    }
     if args.verbose {
         summary(&handles, started);
     }

@@ -72,6 +72,8 @@ pub enum Key {
     Quit,
     /// Print the help text.
     Help,
+    /// Write a screenshot.
+    Screenshot,
     /// Ignore.
     Nothing,
 }
@@ -84,18 +86,18 @@ pub fn decode(escaped: bool, b: u8) -> Key {
         (true, ESCAPE) => Key::Send(ESCAPE),
         (true, b'x' | b'X') => Key::Quit,
         (true, b'h' | b'H' | b'?') => Key::Help,
+        (true, b's' | b'S') => Key::Screenshot,
         (true, _) => Key::Nothing,
     }
 }
 
 /// Help shown on Ctrl-A h.
-pub const HELP: &str =
-    "\r\nvlab: Ctrl-A x  quit | Ctrl-A Ctrl-A  send Ctrl-A | Ctrl-A h  this help\r\n";
+pub const HELP: &str = "\r\nvlab: Ctrl-A x  quit | Ctrl-A s  screenshot | Ctrl-A Ctrl-A  send Ctrl-A | Ctrl-A h  this help\r\n";
 
 /// Copy stdin to the guest's serial port until EOF or the VM stops.
 /// Runs on its own thread. When `escapes` is false (stdin is not a TTY)
 /// bytes are passed through untouched.
-pub fn pump_stdin(handles: VmHandles, escapes: bool) {
+pub fn pump_stdin(handles: VmHandles, escapes: bool, screenshot: &dyn Fn()) {
     let mut stdin = std::io::stdin().lock();
     let mut buf = [0u8; 256];
     let mut escaped = false;
@@ -120,6 +122,7 @@ pub fn pump_stdin(handles: VmHandles, escapes: bool) {
                     return;
                 }
                 Key::Help => eprint!("{HELP}"),
+                Key::Screenshot => screenshot(),
                 Key::Escape | Key::Nothing => {}
             }
         }
@@ -149,6 +152,7 @@ mod tests {
         assert_eq!(decode(true, b'x'), Key::Quit);
         assert_eq!(decode(true, ESCAPE), Key::Send(ESCAPE));
         assert_eq!(decode(true, b'h'), Key::Help);
+        assert_eq!(decode(true, b's'), Key::Screenshot);
         assert_eq!(decode(true, b'q'), Key::Nothing);
     }
 }
