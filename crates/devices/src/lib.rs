@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod dma;
+pub mod edu;
 pub mod irq;
 pub mod legacy;
 pub mod pci;
