@@ -27,6 +27,9 @@ enum RawCommand {
     Doctor,
     /// Measure exit cost, start-up time and memory against a raw KVM loop and QEMU.
     Bench(RawBenchArgs),
+    /// Create, clone, inspect and check disk images.
+    #[command(subcommand)]
+    Disk(crate::disk::DiskCommand),
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +103,8 @@ pub enum Command {
     Doctor,
     /// `vlab bench`.
     Bench(BenchArgs),
+    /// `vlab disk`.
+    Disk(crate::disk::DiskCommand),
 }
 
 /// Validated `vlab bench` arguments.
@@ -184,6 +189,7 @@ where
         RawCommand::Doctor => Command::Doctor,
         RawCommand::Run(r) => Command::Run(validate_run(r).map_err(ParseOutcome::Error)?),
         RawCommand::Bench(b) => Command::Bench(validate_bench(b).map_err(ParseOutcome::Error)?),
+        RawCommand::Disk(d) => Command::Disk(d),
     };
     Ok(CliArgs { command })
 }

@@ -10,6 +10,7 @@
 
 mod bench;
 mod cli;
+mod disk;
 mod doctor;
 mod guest;
 mod run;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Doctor => doctor::doctor(),
         cli::Command::Bench(args) => bench::bench(args),
+        cli::Command::Disk(cmd) => disk::disk(cmd),
     };
     ExitCode::from(code)
 }
