@@ -85,7 +85,7 @@ struct RawRunArgs {
     /// SIGUSR1 or Ctrl-A s while it runs).
     #[arg(long, value_name = "FILE")]
     screenshot: Option<PathBuf>,
-    /// A teaching device on the PCI bus (repeat for more): vgpu. Default:
+    /// A teaching device on the PCI bus (repeat for more): vgpu, edu. Default:
     /// one of each; `--device none` for a bare bus.
     #[arg(long = "device", value_name = "NAME")]
     devices: Vec<String>,

@@ -37,6 +37,8 @@ pub const BAR_MEMSLOT_BASE: u32 = 8;
 pub enum PciDeviceKind {
     /// vgpu, the teaching GPU (docs/devices/vgpu.md).
     Vgpu,
+    /// edu, QEMU's educational device (docs/devices/edu.md).
+    Edu,
 }
 
 impl PciDeviceKind {
@@ -44,12 +46,14 @@ impl PciDeviceKind {
     pub fn parse(s: &str) -> Option<PciDeviceKind> {
         match s {
             "vgpu" => Some(PciDeviceKind::Vgpu),
+            "edu" => Some(PciDeviceKind::Edu),
             _ => None,
         }
     }
 
     /// Every kind, with its name.
-    pub const ALL: &'static [(&'static str, PciDeviceKind)] = &[("vgpu", PciDeviceKind::Vgpu)];
+    pub const ALL: &'static [(&'static str, PciDeviceKind)] =
+        &[("vgpu", PciDeviceKind::Vgpu), ("edu", PciDeviceKind::Edu)];
 }
 
 /// Errors wiring PCI.
@@ -299,6 +303,11 @@ pub fn build(
                     framebuffer: fb,
                 });
                 ("vgpu", Arc::new(Mutex::new(d)))
+            }
+            PciDeviceKind::Edu => {
+                let d = devices::edu::Edu::with_memory(mem.clone(), msi.clone())
+                    .map_err(|e| PciSetupError::Device(e.to_string()))?;
+                ("edu", Arc::new(Mutex::new(d)))
             }
         };
         bus.add_device(
