@@ -9,7 +9,12 @@
 //! variable-length entries `{u8 type, u8 len, ...}`:
 //! type 0 = processor LAPIC `{acpi_id u8, apic_id u8, flags u32}`,
 //! type 1 = IOAPIC, type 5 = LAPIC address override, type 9 = x2APIC.
-//! Flag bit 0 = enabled.
+//! Flag bit 0 = enabled. The first IOAPIC's address (+4) and GSI base (+8)
+//! are kept for PCI INTx routing.
+//!
+//! The MCFG table ("MCFG", 36-byte header + 8 reserved bytes, then 16-byte
+//! entries `{base u64, segment u16, start_bus u8, end_bus u8, u32}`) gives
+//! the PCI Express ECAM window; the entry for segment 0 is kept.
 //!
 //! MP table: the "_MP_" floating pointer (0xF0000..0xFFFFF) points at a
 //! "PCMP" configuration table whose 20-byte type 0 entries describe
@@ -29,6 +34,14 @@ fn fw<T: Copy>(paddr: u64) -> T {
     // SAFETY: 0..4 GiB is identity mapped; firmware tables are plain
     // memory (no read side effects) and are never modified.
     unsafe { read_phys(paddr) }
+}
+
+/// Make sure a firmware table (SDT header + its length) is mapped: with
+/// 2 MiB boot pages only RAM/ACPI regions of the memory map are.
+fn map_table(addr: u64) {
+    crate::paging::map_identity(addr, addr + 36, false);
+    let len = u64::from(fw::<u32>(addr + 4));
+    crate::paging::map_identity(addr, addr + len.max(36), false);
 }
 
 /// Default xAPIC MMIO base.
@@ -58,17 +71,26 @@ pub struct Platform {
     pub ncpus_dropped: usize,
     /// Number of IOAPICs listed.
     pub ioapics: usize,
+    /// MMIO address of the first IOAPIC (0 if none).
+    pub ioapic_base: u64,
+    /// First GSI of the first IOAPIC.
+    pub ioapic_gsi_base: u32,
+    /// ECAM base of PCI segment 0 from the MCFG table (0 if none); the
+    /// address of bus `b` is `ecam_base + (b << 20)`.
+    pub ecam_base: u64,
+    /// First and last bus the ECAM window covers.
+    pub ecam_buses: (u8, u8),
 }
 
 impl Platform {
     fn new(source: Source) -> Self {
-        // Zero-fill through one out-of-line `memset` (rep stosb): building
+        // Zero-fill with `mem::zeroed` (rep stosq): building
         // the struct field by field makes LLVM zero the counters with
         // `xorps` + `movups`, and kvm_pvm's instruction emulator cannot
         // execute `xorps` (see docs/guest.md, "SSE").
         // SAFETY: all-zero bytes are a valid `Platform` (integers, and
         // `Source::Acpi` has discriminant 0).
-        let mut p: Platform = unsafe { core::mem::MaybeUninit::zeroed().assume_init() };
+        let mut p: Platform = unsafe { crate::mem::zeroed() };
         p.source = source;
         p.lapic_base = DEFAULT_LAPIC_BASE;
         p
@@ -118,8 +140,13 @@ pub fn discover(rsdp_paddr: u64) -> Platform {
     } else {
         scan(0xe_0000, 0x10_0000, b"RSD PTR ")
     };
-    if let Some(madt) = rsdp.and_then(find_madt) {
-        return parse_madt(madt);
+    let (madt, mcfg) = rsdp.map_or((None, None), find_tables);
+    if let Some(madt) = madt {
+        let mut plat = parse_madt(madt);
+        if let Some(mcfg) = mcfg {
+            parse_mcfg(mcfg, &mut plat);
+        }
+        return plat;
     }
     if let Some(mp) = scan(0xf_0000, 0x10_0000, b"_MP_") {
         if let Some(p) = parse_mp(mp) {
@@ -137,11 +164,14 @@ fn scan(start: u64, end: u64, sig: &[u8]) -> Option<u64> {
     })
 }
 
-/// Follow RSDP -> XSDT/RSDT -> MADT.
-fn find_madt(rsdp: u64) -> Option<u64> {
+/// Follow RSDP -> XSDT/RSDT -> (MADT, MCFG).
+fn find_tables(rsdp: u64) -> (Option<u64>, Option<u64>) {
+    let mut madt = None;
+    let mut mcfg = None;
+    crate::paging::map_identity(rsdp, rsdp + 36, false);
     let sig: [u8; 8] = fw(rsdp);
     if &sig != b"RSD PTR " {
-        return None;
+        return (None, None);
     }
     let revision: u8 = fw(rsdp + 15);
     let (root, entry_size) = if revision >= 2 {
@@ -150,8 +180,9 @@ fn find_madt(rsdp: u64) -> Option<u64> {
         (u64::from(fw::<u32>(rsdp + 16)), 4)
     };
     if root == 0 {
-        return None;
+        return (None, None);
     }
+    map_table(root);
     let len = u64::from(fw::<u32>(root + 4));
     let mut p = root + 36;
     while p + entry_size <= root + len {
@@ -160,12 +191,31 @@ fn find_madt(rsdp: u64) -> Option<u64> {
         } else {
             u64::from(fw::<u32>(p))
         };
-        if table != 0 && fw::<[u8; 4]>(table) == *b"APIC" {
-            return Some(table);
+        if table != 0 {
+            map_table(table);
+            match &fw::<[u8; 4]>(table) {
+                b"APIC" => madt = madt.or(Some(table)),
+                b"MCFG" => mcfg = mcfg.or(Some(table)),
+                _ => {}
+            }
         }
         p += entry_size;
     }
-    None
+    (madt, mcfg)
+}
+
+fn parse_mcfg(mcfg: u64, plat: &mut Platform) {
+    let len = u64::from(fw::<u32>(mcfg + 4));
+    let mut p = mcfg + 44;
+    while p + 16 <= mcfg + len {
+        let segment: u16 = fw(p + 8);
+        if segment == 0 {
+            plat.ecam_base = fw(p);
+            plat.ecam_buses = (fw(p + 10), fw(p + 11));
+            return;
+        }
+        p += 16;
+    }
 }
 
 fn parse_madt(madt: u64) -> Platform {
@@ -186,7 +236,13 @@ fn parse_madt(madt: u64) -> Platform {
                     plat.add_cpu(u32::from(apic_id));
                 }
             }
-            1 => plat.ioapics += 1,
+            1 => {
+                if plat.ioapics == 0 {
+                    plat.ioapic_base = u64::from(fw::<u32>(p + 4));
+                    plat.ioapic_gsi_base = fw(p + 8);
+                }
+                plat.ioapics += 1;
+            }
             5 => plat.lapic_base = fw(p + 4),
             9 => {
                 let apic_id: u32 = fw(p + 4);
@@ -204,6 +260,7 @@ fn parse_madt(madt: u64) -> Platform {
 
 fn parse_mp(fp: u64) -> Option<Platform> {
     let cfg = u64::from(fw::<u32>(fp + 4));
+    crate::paging::map_identity(cfg, cfg + 0x1_0000, false);
     if cfg == 0 || fw::<[u8; 4]>(cfg) != *b"PCMP" {
         return None;
     }
@@ -222,6 +279,9 @@ fn parse_mp(fp: u64) -> Option<Platform> {
                 p += 20;
             }
             2 => {
+                if plat.ioapics == 0 {
+                    plat.ioapic_base = u64::from(fw::<u32>(p + 4));
+                }
                 plat.ioapics += 1;
                 p += 8;
             }

@@ -55,6 +55,11 @@ pub fn id() -> u32 {
     read(REG_ID) >> 24
 }
 
+/// Signal end of interrupt for the highest-priority in-service vector.
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
+
 /// Software-enable this CPU's LAPIC (SVR bit 8) with the spurious vector.
 pub fn enable() {
     write(REG_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
@@ -88,6 +93,14 @@ pub fn start_timer(vector: u8, hz: u64) {
     write(REG_LVT_TIMER, TIMER_PERIODIC | u32::from(vector));
     let count = (BUS_HZ / hz.max(1)).clamp(1, u64::from(u32::MAX));
     write(REG_TIMER_INIT, count as u32);
+}
+
+/// Arm the LAPIC timer once: `vector` fires after `ns` nanoseconds
+/// (clamped to 1..=4.29 s). Used as a wake-up for `hlt` with a timeout.
+pub fn start_oneshot(vector: u8, ns: u64) {
+    write(REG_TIMER_DIV, DIV_BY_1);
+    write(REG_LVT_TIMER, u32::from(vector));
+    write(REG_TIMER_INIT, ns.clamp(1, u64::from(u32::MAX)) as u32);
 }
 
 /// Stop the LAPIC timer.

@@ -7,15 +7,18 @@
 //! enters `pvh_start` in 32-bit protected mode, paging off, flat 4 GiB
 //! segments, `ebx` = physical address of `struct hvm_start_info`.
 //!
-//! `pvh_start` builds an identity map of the low 4 GiB (1 GiB pages if CPUID
-//! 0x8000_0001 EDX[26] says so, 2 MiB pages otherwise), where
-//! 0xC000_0000..0x1_0000_0000 is mapped uncached (PCD|PWT) for MMIO, then
+//! `pvh_start` builds an identity map: with 1 GiB pages (CPUID 0x8000_0001
+//! EDX[26]) all of the low 4 GiB, 0xC000_0000..0x1_0000_0000 uncached
+//! (PCD|PWT) for MMIO; with 2 MiB pages only the kernel image, the start
+//! info's 2 MiB page and the IOAPIC/LAPIC pages (the rest is mapped on
+//! demand by [`crate::paging`]: 2048 emulated stores would cost ~10 ms on
+//! kvm_pvm). It then
 //! enables PAE + EFER.LME + paging, enters 64-bit mode, enables SSE (the
 //! precompiled `core` uses it) and calls [`crate::bsp_main`].
 //!
 //! The page tables live in `.bss` and rely on the loader handing us zeroed
 //! memory, so only the entries that are needed are written (a handful of
-//! stores with 1 GiB pages; 2048 with 2 MiB pages).
+//! stores either way).
 //!
 //! # AP trampoline
 //! `ap_tramp_start..ap_tramp_end` is position independent 16-bit code that
@@ -55,7 +58,8 @@ pub static PML4: PageTable = PageTable(RacyCell::new([0; 512]));
 /// Boot PDPT covering 512 GiB; entries 0..4 are set by `pvh_start`, the
 /// rest are filled at run time for RAM above 4 GiB (1 GiB pages only).
 pub static PDPT: PageTable = PageTable(RacyCell::new([0; 512]));
-/// Page directories for the 2 MiB-page fallback (first 4 GiB only).
+/// Page directories for the 2 MiB-page fallback (first 4 GiB only),
+/// contiguous: entry `n` of the 2048 maps `n * 2 MiB`.
 pub static PD: [PageTable; 4] = [const { PageTable(RacyCell::new([0; 512])) }; 4];
 
 /// See [`Gdt`]. Written at run time only in the TSS slots.
@@ -155,26 +159,32 @@ pvh_start:
     movl $0xC000009B, {pdpt} + 24
     jmp 4f
 
-2:  /* 2 MiB pages: 4 page directories, 2048 entries. */
+2:  /* 2 MiB pages: the 4 page directories form one 2048-entry array
+       (entry n maps n * 2 MiB). Map only the kernel image (0 up to
+       __image_end), the start info's page and the IOAPIC/LAPIC page
+       (uncached); `paging::init` maps RAM from the memory map and drivers
+       map their MMIO (`paging::map_mmio`). */
     movl $({pd} + 0x0003), {pdpt}
     movl $({pd} + 0x1003), {pdpt} + 8
     movl $({pd} + 0x2003), {pdpt} + 16
     movl $({pd} + 0x3003), {pdpt} + 24
     mov ${pd}, %edi
     mov $0x83, %eax
-    mov $1536, %ecx
+    mov $__image_end + 0x1fffff, %ecx
+    shr $21, %ecx
 3:  mov %eax, (%edi)
     add $0x200000, %eax
     add $8, %edi
     dec %ecx
     jnz 3b
-    or $0x18, %eax              /* 3..4 GiB: PCD|PWT */
-    mov $512, %ecx
-3:  mov %eax, (%edi)
-    add $0x200000, %eax
-    add $8, %edi
-    dec %ecx
-    jnz 3b
+    mov %esi, %eax              /* start info page */
+    shr $21, %eax
+    mov %esi, %ecx
+    and $0xffe00000, %ecx
+    or $0x83, %ecx
+    mov %ecx, {pd}(,%eax,8)
+    movl $0xFEC0009B, {pd} + (0xFEC00000 >> 21) * 8
+    movl $0xFEE0009B, {pd} + (0xFEE00000 >> 21) * 8
 
 4:  lgdt vlab_gdtr
     ENABLE_LONG_MODE

@@ -7,6 +7,15 @@
 //! (timer, spurious) run on IST1 in tiny asm handlers; exceptions run on
 //! IST2 and call [`exception_handler`], which reports and ends the VM.
 //! Vectors without a gate raise #NP (11), which is reported the same way.
+//!
+//! Device interrupts (vectors [`DEVICE_VECTOR_BASE`]..+[`DEVICE_VECTORS`])
+//! only count: the stub increments [`DEVICE_IRQS`]`[v - base]` and returns
+//! **without EOI**. The driver, running with interrupts off, sees the count
+//! change, acknowledges the device, then calls [`crate::apic::eoi`]. Until
+//! then the LAPIC keeps the vector in service, which holds off further
+//! interrupts of the same or lower priority (and, for a level-triggered
+//! IOAPIC pin, the remote-IRR bit keeps the line from re-firing before the
+//! device was acknowledged).
 
 use crate::boot::{FIRST_TSS_SLOT, GDT, KERNEL_CS, MAX_CPUS};
 use crate::sync::RacyCell;
@@ -18,6 +27,14 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 pub const TIMER_VECTOR: u8 = 0x20;
 /// LAPIC spurious interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// First vector for device interrupts (MSI or IOAPIC-routed INTx).
+pub const DEVICE_VECTOR_BASE: u8 = 0x40;
+/// Number of device vectors with a counting stub.
+pub const DEVICE_VECTORS: usize = 4;
+
+/// Interrupts taken on each device vector (all CPUs).
+pub static DEVICE_IRQS: [AtomicU64; DEVICE_VECTORS] = [const { AtomicU64::new(0) }; DEVICE_VECTORS];
 
 const IST1_SIZE: usize = 1024;
 const IST2_SIZE: usize = 8 * 1024;
@@ -173,10 +190,27 @@ vlab_timer_isr:
     .globl vlab_spurious_isr
 vlab_spurious_isr:
     iretq
+
+    /* Device vectors: count, no EOI (the driver acknowledges and EOIs). */
+    .balign 16
+    .globl vlab_dev_isrs
+vlab_dev_isrs:
+    lock incq {dev_irqs}(%rip)
+    iretq
+    .balign 16
+    lock incq {dev_irqs}+8(%rip)
+    iretq
+    .balign 16
+    lock incq {dev_irqs}+16(%rip)
+    iretq
+    .balign 16
+    lock incq {dev_irqs}+24(%rip)
+    iretq
     .popsection
 "#,
     handler = sym exception_handler,
     eoi = sym LAPIC_EOI_ADDR,
+    dev_irqs = sym DEVICE_IRQS,
     options(att_syntax)
 );
 
@@ -184,6 +218,7 @@ extern "C" {
     static vlab_exc_stubs: u8;
     static vlab_timer_isr: u8;
     static vlab_spurious_isr: u8;
+    static vlab_dev_isrs: u8;
 }
 
 /// Report a CPU exception and end the VM with status 4.
@@ -224,6 +259,10 @@ pub fn init_idt() {
         &raw const vlab_timer_isr as u64,
         1,
     );
+    let dev = &raw const vlab_dev_isrs as u64;
+    for i in 0..DEVICE_VECTORS {
+        set(usize::from(DEVICE_VECTOR_BASE) + i, dev + 16 * i as u64, 1);
+    }
     set(
         usize::from(SPURIOUS_VECTOR),
         &raw const vlab_spurious_isr as u64,

@@ -7,32 +7,68 @@
 //! `DRIVERS` (the order of the table is the order of the output).
 
 use crate::tests::Machine;
+use core::mem::MaybeUninit;
 
-/// Names of the devices found, in probe order.
+/// Space-separated names of the devices found, in probe order.
 pub struct DeviceList {
-    names: [&'static str; 64],
+    /// `buf[..len]` is initialised (not zeroed: see `Functions` in pci.rs).
+    buf: [MaybeUninit<u8>; 512],
     len: usize,
 }
 
 impl DeviceList {
-    const fn new() -> Self {
+    fn new() -> Self {
         DeviceList {
-            names: [""; 64],
+            buf: [const { MaybeUninit::uninit() }; 512],
             len: 0,
         }
     }
 
-    /// Record one device (silently dropped beyond 64 entries).
-    pub fn push(&mut self, name: &'static str) {
-        if self.len < self.names.len() {
-            self.names[self.len] = name;
+    /// Record one device.
+    pub fn push(&mut self, name: &str) {
+        self.start();
+        self.append(name);
+    }
+
+    /// Begin a device name built with [`DeviceList::append`] /
+    /// [`DeviceList::append_hex`].
+    pub fn start(&mut self) {
+        if self.len > 0 {
+            self.append(" ");
+        }
+    }
+
+    /// Append ASCII text to the current name (dropped when the line is
+    /// full).
+    pub fn append(&mut self, s: &str) {
+        for &b in s.as_bytes() {
+            self.byte(b);
+        }
+    }
+
+    /// Append `v` as `digits` lower-case hex digits (no `core::fmt`: it
+    /// costs thousands of emulated instructions per call on kvm_pvm).
+    pub fn append_hex(&mut self, v: u32, digits: u32) {
+        for i in (0..digits).rev() {
+            let d = ((v >> (4 * i)) & 0xf) as u8;
+            self.byte(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        // ASCII only, so the buffer is always valid UTF-8.
+        if self.len < self.buf.len() && b.is_ascii() {
+            self.buf[self.len].write(b);
             self.len += 1;
         }
     }
 
-    /// Devices recorded so far.
-    pub fn names(&self) -> &[&'static str] {
-        &self.names[..self.len]
+    /// The line: names separated by single spaces.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: `buf[..len]` was written by `byte`.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.len) };
+        core::str::from_utf8(bytes).unwrap_or("")
     }
 }
 
@@ -51,6 +87,8 @@ pub static DRIVERS: &[Probe] = &[
             out.push("ioapic");
         }
     },
+    // Every function on PCI bus 0 (`pci.rs`).
+    crate::pci::probe,
 ];
 
 /// Run every probe.

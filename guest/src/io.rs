@@ -29,6 +29,43 @@ pub fn outl(port: u16, value: u32) {
     }
 }
 
+/// Write a 16-bit value to an I/O port.
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Read a 32-bit value from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outb`.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
+    }
+    value
+}
+
+/// Read a 32-bit MMIO register (or any device-visible word).
+///
+/// # Safety
+/// `addr` must be mapped, 4-byte aligned and belong to a device (or memory)
+/// whose read side effects the caller accepts.
+pub unsafe fn mmio_read32(addr: u64) -> u32 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::ptr::read_volatile(addr as usize as *const u32) }
+}
+
+/// Write a 32-bit MMIO register.
+///
+/// # Safety
+/// As for [`mmio_read32`], for writes.
+pub unsafe fn mmio_write32(addr: u64, value: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::ptr::write_volatile(addr as usize as *mut u32, value) }
+}
+
 /// Write an MSR.
 ///
 /// # Safety

@@ -16,15 +16,22 @@ mod apic;
 mod boot;
 mod cpu;
 mod devices;
+mod edu;
 mod io;
+mod ioapic;
+mod irq;
 mod kvmclock;
 mod mem;
 mod paging;
+mod pci;
+mod pci_tests;
+mod scene_data;
 mod serial;
 mod smp;
 mod start_info;
 mod sync;
 mod tests;
+mod vgpu;
 
 use start_info::StartInfo;
 
@@ -43,6 +50,7 @@ pub extern "C" fn bsp_main(start_info_paddr: u32) -> ! {
         log!("FAIL bad hvm_start_info magic at {:#x}", start_info_paddr);
         exit(1);
     };
+    paging::init(&info);
     log!("vlab guest kernel {} cmdline=\"{}\"", VERSION, info.cmdline);
     let status = tests::run(info);
     exit(status)

@@ -73,6 +73,14 @@ impl StartInfo {
         if raw.magic != MAGIC {
             return None;
         }
+        // With 2 MiB boot pages only the start info's page is mapped.
+        if raw.cmdline_paddr != 0 {
+            crate::paging::map_identity(raw.cmdline_paddr, raw.cmdline_paddr + 4096, false);
+        }
+        if raw.version >= 1 && raw.memmap_paddr != 0 {
+            let len = u64::from(raw.memmap_entries) * core::mem::size_of::<MemmapEntry>() as u64;
+            crate::paging::map_identity(raw.memmap_paddr, raw.memmap_paddr + len, false);
+        }
         let cmdline = if raw.cmdline_paddr != 0 {
             // SAFETY: the VMM provides a NUL-terminated string there.
             unsafe { c_str(raw.cmdline_paddr) }

@@ -23,6 +23,7 @@ impl Machine {
     fn new(info: StartInfo) -> Machine {
         cpu::init_idt();
         let mut plat = acpi::discover(info.rsdp_paddr);
+        paging::map_mmio(plat.lapic_base, 4096);
         apic::set_base(plat.lapic_base);
         let bsp_id = apic::id();
         plat.put_bsp_first(bsp_id);
@@ -52,8 +53,13 @@ impl Machine {
         (online, listed)
     }
 
+    /// String command-line parameter.
+    pub fn param_str(&self, key: &str) -> Option<&'static str> {
+        param(self.info.cmdline, key)
+    }
+
     /// Numeric command-line parameter with a default.
-    fn param_u64(&self, key: &str, default: u64) -> u64 {
+    pub fn param_u64(&self, key: &str, default: u64) -> u64 {
         param(self.info.cmdline, key)
             .and_then(parse_u64)
             .unwrap_or(default)
@@ -108,6 +114,22 @@ static TESTS: &[Test] = &[
         run: echo,
     },
     Test {
+        name: "pci",
+        run: crate::pci_tests::pci_test,
+    },
+    Test {
+        name: "vgpu-scene",
+        run: crate::pci_tests::vgpu_scene,
+    },
+    Test {
+        name: "vgpu-bug",
+        run: crate::pci_tests::vgpu_bug,
+    },
+    Test {
+        name: "edu",
+        run: crate::pci_tests::edu_test,
+    },
+    Test {
         name: "panic",
         run: panic_test,
     },
@@ -143,14 +165,7 @@ fn hello(m: &mut Machine) -> u8 {
         log!("clock none");
     }
     let devs = devices::probe_all(m);
-    let mut line = LineBuf::new();
-    for (i, name) in devs.names().iter().enumerate() {
-        if i > 0 {
-            line.push(" ");
-        }
-        line.push(name);
-    }
-    log!("devices: {}", line.as_str());
+    log!("devices: {}", devs.as_str());
     log!("hello done");
     0
 }
@@ -301,6 +316,7 @@ fn pio_loop(m: &mut Machine) -> u8 {
 fn mmio_loop(m: &mut Machine) -> u8 {
     const MMIO_ADDR: usize = 0xd000_0000;
     let n = m.param_u64("n", 1000);
+    paging::map_mmio(MMIO_ADDR as u64, 4);
     let t0 = kvmclock::now_ns();
     for i in 0..n {
         // SAFETY: 0xD000_0000 is in the uncached MMIO window mapped by the
@@ -343,29 +359,4 @@ fn ud_test(_: &mut Machine) -> u8 {
     // before ending the VM.
     unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
     1
-}
-
-/// Small fixed-size string builder (no allocator).
-struct LineBuf {
-    buf: [u8; 512],
-    len: usize,
-}
-
-impl LineBuf {
-    fn new() -> Self {
-        LineBuf {
-            buf: [0; 512],
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, s: &str) {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-    }
-
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
 }
