@@ -12,3 +12,4 @@ pub mod legacy;
 pub mod pci;
 pub mod probe;
 pub mod vgpu;
+pub mod virtio;
