@@ -8,6 +8,17 @@ use std::time::{Duration, Instant};
 use block::image::{self, ImageError, OpenOptions};
 use common::*;
 
+/// The tests in this file run one at a time: a test that spawns QEMU forks,
+/// and until the child execs it holds duplicates of every open file
+/// description, OFD locks included — a lock the other test just dropped
+/// can outlive its `drop` for that instant. (Real users see the same with
+/// any forking process; it is how OFD locks work.)
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const RO: OpenOptions = OpenOptions {
     read_only: true,
     lock: true,
@@ -16,6 +27,7 @@ const RO: OpenOptions = OpenOptions {
 
 #[test]
 fn a_second_vlab_writer_is_refused_readers_share_a_master() {
+    let _serial = serial();
     let dir = scratch("locks-vlab");
     let p = dir.join("disk.qcow2");
     image::create_qcow2(&p, 1 << 20, None).unwrap();
@@ -105,6 +117,7 @@ impl Drop for Qemu {
 
 #[test]
 fn qemu_and_vlab_conflict_on_writers() {
+    let _serial = serial();
     let dir = scratch("locks-qemu");
     let p = dir.join("vm.qcow2");
     image::create_qcow2(&p, 1 << 20, None).unwrap();

@@ -9,6 +9,7 @@ pub mod dma;
 pub mod edu;
 pub mod irq;
 pub mod legacy;
+pub mod monitor;
 pub mod pci;
 pub mod probe;
 pub mod vgpu;

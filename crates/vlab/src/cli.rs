@@ -30,6 +30,17 @@ enum RawCommand {
     /// Create, clone, inspect and check disk images.
     #[command(subcommand)]
     Disk(crate::disk::DiskCommand),
+    /// Summarise an I/O trace written by `vlab run --trace FILE`: per device
+    /// and register, accesses, exits, handling time, DMA, interrupts and
+    /// monitor violations.
+    Trace(RawTraceArgs),
+}
+
+#[derive(Args, Debug)]
+struct RawTraceArgs {
+    /// The trace (JSON lines).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +103,16 @@ struct RawRunArgs {
     /// Print a summary (exits, unknown device accesses) when the VM stops.
     #[arg(long, short)]
     verbose: bool,
+    /// Write every guest-device access, DMA, interrupt and monitor verdict
+    /// of the PCI devices to FILE as JSON lines (summarise with `vlab trace`).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Stop the VM at the first protocol-monitor violation (exit code 255).
+    #[arg(long)]
+    strict: bool,
+    /// Do not run the PCI devices' protocol monitors.
+    #[arg(long)]
+    no_monitors: bool,
 }
 
 /// A parsed command.
@@ -105,6 +126,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// `vlab disk`.
     Disk(crate::disk::DiskCommand),
+    /// `vlab trace FILE`.
+    Trace(PathBuf),
 }
 
 /// Validated `vlab bench` arguments.
@@ -151,6 +174,12 @@ pub struct RunArgs {
     pub devices: Vec<PciDeviceKind>,
     /// Screenshot file.
     pub screenshot: Option<PathBuf>,
+    /// I/O trace file.
+    pub trace: Option<PathBuf>,
+    /// Stop at the first monitor violation.
+    pub strict: bool,
+    /// Run the protocol monitors.
+    pub monitors: bool,
 }
 
 /// Why parsing did not produce a command.
@@ -190,6 +219,7 @@ where
         RawCommand::Run(r) => Command::Run(validate_run(r).map_err(ParseOutcome::Error)?),
         RawCommand::Bench(b) => Command::Bench(validate_bench(b).map_err(ParseOutcome::Error)?),
         RawCommand::Disk(d) => Command::Disk(d),
+        RawCommand::Trace(t) => Command::Trace(t.file),
     };
     Ok(CliArgs { command })
 }
@@ -252,7 +282,13 @@ fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {
     if r.screenshot.is_some() && !devices.contains(&PciDeviceKind::Vgpu) {
         return Err("--screenshot needs a vgpu: drop --device none or add --device vgpu".into());
     }
+    if r.strict && r.no_monitors {
+        return Err("--strict needs the protocol monitors: drop --no-monitors".into());
+    }
     Ok(RunArgs {
+        trace: r.trace,
+        strict: r.strict,
+        monitors: !r.no_monitors,
         devices,
         screenshot: r.screenshot,
         kernel: r.kernel,
@@ -419,6 +455,28 @@ mod tests {
         one_line(&e);
         assert!(e.contains("Unknown --device") && e.contains("vgpu"), "{e}");
         assert!(run_args(&["--device", "none", "--device", "vgpu"]).is_err());
+    }
+
+    #[test]
+    fn trace_strict_and_monitor_flags() {
+        let r = run_args(&[]).unwrap();
+        assert!(r.monitors && !r.strict && r.trace.is_none());
+        let r = run_args(&["--trace", "t.jsonl", "--strict"]).unwrap();
+        assert_eq!(r.trace, Some(PathBuf::from("t.jsonl")));
+        assert!(r.strict);
+        assert!(!run_args(&["--no-monitors"]).unwrap().monitors);
+        let e = run_args(&["--strict", "--no-monitors"]).unwrap_err();
+        one_line(&e);
+        match parse(["vlab", "trace", "x.jsonl"]) {
+            Ok(CliArgs {
+                command: Command::Trace(p),
+            }) => assert_eq!(p, PathBuf::from("x.jsonl")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            parse(["vlab", "trace"]),
+            Err(ParseOutcome::Error(_))
+        ));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - 251: stopped by the user (Ctrl-C/SIGINT, SIGTERM, the escape key);
 //! - 252: the guest crashed (triple fault, KVM internal error, ...);
 //! - 253: vlab failed while the guest ran;
-//! - 254: bad input or setup (flags, files, /dev/kvm): nothing ran.
+//! - 254: bad input or setup (flags, files, /dev/kvm): nothing ran;
+//! - 255: `--strict`: a protocol monitor found a violation (the VM was
+//!   stopped at the first one).
 
 mod bench;
 mod cli;
@@ -15,6 +17,7 @@ mod doctor;
 mod guest;
 mod run;
 mod terminal;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,8 @@ pub const EXIT_CRASH: u8 = 252;
 pub const EXIT_VMM_ERROR: u8 = 253;
 /// Bad input: nothing ran.
 pub const EXIT_USAGE: u8 = 254;
+/// `--strict` and a protocol monitor found a violation.
+pub const EXIT_MONITOR: u8 = 255;
 
 fn main() -> ExitCode {
     let cli = match cli::parse(std::env::args_os()) {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         cli::Command::Doctor => doctor::doctor(),
         cli::Command::Bench(args) => bench::bench(args),
         cli::Command::Disk(cmd) => disk::disk(cmd),
+        cli::Command::Trace(file) => trace::trace(&file),
     };
     ExitCode::from(code)
 }

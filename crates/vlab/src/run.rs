@@ -6,12 +6,15 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use vmm::control::StopReason;
+use vmm::trace::ObserveOptions;
 use vmm::vm::{KernelSource, MachineOptions, Vm, VmHandles};
 
 use crate::cli::RunArgs;
 use crate::guest::{GUEST_ELF, GUEST_NAME};
 use crate::terminal::{self, RawMode};
-use crate::{EXIT_CRASH, EXIT_GUEST_MAX, EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VMM_ERROR};
+use crate::{
+    EXIT_CRASH, EXIT_GUEST_MAX, EXIT_INTERRUPTED, EXIT_MONITOR, EXIT_USAGE, EXIT_VMM_ERROR,
+};
 
 /// Serial output: the terminal, and a log file if asked.
 struct Console {
@@ -145,7 +148,11 @@ pub fn run(args: RunArgs) -> u8 {
         Some(p) => KernelSource::Path(p.clone()),
         None => KernelSource::Bytes(GUEST_ELF, GUEST_NAME),
     };
-    let vm = Vm::new(&opts, Box::new(Console { log })).and_then(|mut vm| {
+    let observe = match observe_options(&args) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let vm = Vm::with_observer(&opts, Box::new(Console { log }), observe).and_then(|mut vm| {
         vm.boot(&kernel, args.initrd.as_deref(), &args.cmdline)?;
         vm.start()
     });
@@ -182,10 +189,67 @@ pub fn run(args: RunArgs) -> u8 {
     if args.screenshot.is_some() && !shot.take() && code == 0 {
         code = EXIT_VMM_ERROR;
     }
+    if let Some(m) = &handles.monitor {
+        let n = m.violations();
+        if n > 0 {
+            let by: Vec<String> = m
+                .violations_by_device()
+                .into_iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(d, c)| format!("{d}: {c}"))
+                .collect();
+            eprintln!("vlab: monitor: {n} violation(s) ({})", by.join(", "));
+            if args.strict {
+                code = EXIT_MONITOR;
+            }
+        }
+    }
+    if let Some(t) = &args.trace {
+        eprintln!(
+            "vlab: trace written to {} (summarise it with `vlab trace {}`)",
+            t.display(),
+            t.display()
+        );
+    }
     if args.verbose {
         summary(&handles, started);
     }
     code
+}
+
+/// The monitors and trace `args` ask for (`None`: neither), or the exit
+/// code if the trace file cannot be created.
+fn observe_options(args: &RunArgs) -> Result<Option<ObserveOptions>, u8> {
+    if !args.monitors && args.trace.is_none() {
+        return Ok(None);
+    }
+    let trace: Option<Box<dyn Write + Send>> = match &args.trace {
+        Some(p) => match File::create(p) {
+            Ok(f) => Some(Box::new(f)),
+            Err(e) => {
+                eprintln!(
+                    "vlab: Cannot create trace {}: {e}; check the directory exists and is writable",
+                    p.display()
+                );
+                return Err(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
+    // SAFETY: isatty only inspects the descriptor.
+    let raw = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+    // In raw mode the terminal needs an explicit carriage return.
+    let eol = if raw { "\r\n" } else { "\n" };
+    Ok(Some(ObserveOptions {
+        monitors: args.monitors,
+        strict: args.strict,
+        trace,
+        report: Some(Box::new(move |r| {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "vlab: monitor: {r}{eol}");
+        })),
+        ..ObserveOptions::default()
+    }))
 }
 
 /// Print why the VM stopped (when it is news) and map it to an exit code.
@@ -215,6 +279,10 @@ fn report(reason: &StopReason) -> u8 {
             eprintln!("vlab: {e}");
             EXIT_VMM_ERROR
         }
+        StopReason::MonitorViolation(_) => {
+            eprintln!("vlab: stopped by --strict at the first monitor violation (above)");
+            EXIT_MONITOR
+        }
     }
 }
 
@@ -228,6 +296,28 @@ fn summary(h: &VmHandles, started: Instant) {
         s.mmio.load(Ordering::Relaxed),
         s.other.load(Ordering::Relaxed)
     );
+    let e = &s.emulated;
+    let counts = [
+        ("int3", &e.int3),
+        ("cmpxchg16b", &e.cmpxchg16b),
+        ("xrstor", &e.xrstor),
+        ("popcnt", &e.popcnt),
+        ("clac/stac", &e.ac_flag),
+        ("fwait", &e.fwait),
+        ("faults injected", &e.faults),
+    ];
+    let done: Vec<String> = counts
+        .iter()
+        .map(|(n, c)| (n, c.load(Ordering::Relaxed)))
+        .filter(|(_, c)| *c > 0)
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect();
+    if !done.is_empty() {
+        eprintln!(
+            "vlab: instructions KVM could not emulate, completed by vlab: {}",
+            done.join(", ")
+        );
+    }
     for bus in [&h.buses.pio, &h.buses.mmio] {
         let u = bus.unknown_accesses();
         if u.total() == 0 {

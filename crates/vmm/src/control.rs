@@ -31,6 +31,9 @@ pub enum StopReason {
     User(&'static str),
     /// vlab itself failed while the guest ran.
     VmmError(String),
+    /// A protocol monitor found a violation and `--strict` stopped the VM;
+    /// the violation's report line (see `devices::monitor`).
+    MonitorViolation(String),
 }
 
 /// What we know about a guest crash.

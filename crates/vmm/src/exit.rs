@@ -40,6 +40,8 @@ pub struct ExitStats {
     pub mmio: AtomicU64,
     /// Other exits seen by user space.
     pub other: AtomicU64,
+    /// Instructions KVM could not emulate that vlab completed.
+    pub emulated: crate::emulate::EmulationStats,
 }
 
 /// A vCPU exit, as far as user space has to handle it.

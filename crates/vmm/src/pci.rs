@@ -5,16 +5,23 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kvm_bindings::{kvm_msi, kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use devices::bus::{lock, BusError};
+use devices::dma::Dma;
+use devices::irq::Irq;
+use devices::monitor::edu::EduMonitor;
+use devices::monitor::vgpu::VgpuMonitor;
+use devices::monitor::{EventKind, Monitor, ObservedIrq, ObservedMsi, RamMap, Recorder};
 use devices::pci::bus::{BarRemap, Intx, PciBarWindow, PciBus, PciWindows, SharedPciDevice};
 use devices::pci::config::PciSpace;
 use devices::pci::host_bridge::{ConfigIo, Ecam};
 use devices::pci::msi::{MsiMessage, MsiSink};
+use devices::vgpu::worker::EventSink;
 use devices::vgpu::{FrameMemory, VgpuPci};
 
 use crate::arch::layout;
@@ -33,7 +40,7 @@ pub const PCI_INTX_GSI_BASE: u32 = 16;
 pub const BAR_MEMSLOT_BASE: u32 = 8;
 
 /// The teaching devices vlab can put on its PCI bus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PciDeviceKind {
     /// vgpu, the teaching GPU (docs/devices/vgpu.md).
     Vgpu,
@@ -247,13 +254,50 @@ pub struct PciMachine {
     pub vgpu: Option<VgpuHandle>,
 }
 
+/// Monitors and trace for the PCI devices: the VM's recorder and the
+/// monitors' interrupt-acknowledge timeout.
+#[derive(Clone)]
+pub struct PciObserve {
+    /// The recorder.
+    pub recorder: Arc<Recorder>,
+    /// Interrupts not acknowledged within this long are violations.
+    pub ack_timeout: Duration,
+}
+
+/// The names devices get in reports and traces: the kind's name, numbered
+/// from 0 when there are several of a kind (`vgpu0`, `vgpu1`).
+pub fn device_names(kinds: &[PciDeviceKind]) -> Vec<String> {
+    let name = |k: &PciDeviceKind| {
+        PciDeviceKind::ALL
+            .iter()
+            .find(|(_, x)| x == k)
+            .map_or("pci", |(n, _)| *n)
+    };
+    let mut seen: HashMap<PciDeviceKind, usize> = HashMap::new();
+    kinds
+        .iter()
+        .map(|k| {
+            let total = kinds.iter().filter(|x| *x == k).count();
+            let n = seen.entry(*k).or_insert(0);
+            *n += 1;
+            if total == 1 {
+                name(k).to_string()
+            } else {
+                format!("{}{}", name(k), *n - 1)
+            }
+        })
+        .collect()
+}
+
 /// Build the PCI bus with `kinds` in slots 1.., put its adapters on `buses`
-/// and assign every BAR.
+/// and assign every BAR. With `observe`, every device gets its monitor and
+/// its accesses, DMA and interrupts are recorded.
 pub fn build(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     kinds: &[PciDeviceKind],
     buses: &mut Buses,
+    observe: Option<&PciObserve>,
 ) -> Result<PciMachine, PciSetupError> {
     let windows = PciWindows {
         mmio_base: layout::PCI_MMIO32_START,
@@ -274,24 +318,53 @@ pub fn build(
     let msi: Arc<dyn MsiSink> = Arc::new(KvmMsi { vm: vm.clone() });
     let mut lines = Vec::new();
     let mut vgpu = None;
+    let names = device_names(kinds);
+    let ram = RamMap::from_memory(mem);
+    let mut observed_slots = Vec::new();
     for (i, kind) in kinds.iter().enumerate() {
         let slot = (i + 1) as u8;
         let gsi = PCI_INTX_GSI_BASE + u32::from(slot - 1) % 8;
         let line = LevelIrq::new(vm, gsi)?;
         lines.push(line.clone());
+        // With observation: the device's id, and its INTx line and MSI
+        // sink wrapped to record interrupts.
+        let mut intx: Arc<dyn Irq> = line.clone();
+        let mut msi = msi.clone();
+        let obs = observe.map(|o| {
+            let monitor: Box<dyn Monitor> = match kind {
+                PciDeviceKind::Vgpu => Box::new(VgpuMonitor::new(ram.clone(), o.ack_timeout)),
+                PciDeviceKind::Edu => Box::new(EduMonitor::new(ram.clone(), o.ack_timeout)),
+            };
+            let id = o.recorder.add_device(&names[i], Some(monitor));
+            observed_slots.push((slot, id));
+            intx = ObservedIrq::new(intx.clone(), o.recorder.clone(), id);
+            msi = ObservedMsi::new(msi.clone(), o.recorder.clone(), id);
+            (o.recorder.clone(), id)
+        });
         let (name, dev): (&str, SharedPciDevice) = match kind {
             PciDeviceKind::Vgpu => {
                 let fb = Arc::new(
                     HostRegion::new(devices::vgpu::regs::BAR2_SIZE as usize)
                         .map_err(|e| PciSetupError::Memory(devices::vgpu::regs::BAR2_SIZE, e))?,
                 );
-                let d = VgpuPci::new(
-                    "vgpu",
+                let (events, dma_trace): (EventSink, _) = match &obs {
+                    Some((rec, id)) => {
+                        let (rec2, id) = (rec.clone(), *id);
+                        (
+                            Box::new(move |e| rec2.record(id, None, EventKind::Vgpu(e))),
+                            Some(rec.dma_hook(id)),
+                        )
+                    }
+                    None => (Box::new(|_| {}), None),
+                };
+                let d = VgpuPci::with_dma_trace(
+                    &names[i],
                     mem.clone(),
                     fb.clone(),
-                    line.clone(),
+                    intx.clone(),
                     msi.clone(),
-                    Box::new(|_| {}),
+                    events,
+                    dma_trace,
                 )
                 .map_err(|e| PciSetupError::Device(e.to_string()))?;
                 lock(&memslots).ram_bars.insert(
@@ -302,12 +375,22 @@ pub fn build(
                     model: d.model(),
                     framebuffer: fb,
                 });
-                ("vgpu", Arc::new(Mutex::new(d)))
+                (names[i].as_str(), Arc::new(Mutex::new(d)))
             }
             PciDeviceKind::Edu => {
-                let d = devices::edu::Edu::with_memory(mem.clone(), msi.clone())
-                    .map_err(|e| PciSetupError::Device(e.to_string()))?;
-                ("edu", Arc::new(Mutex::new(d)))
+                let trace = obs.as_ref().map(|(rec, id)| rec.dma_hook(*id));
+                let d = devices::edu::Edu::new(
+                    |bm| {
+                        let dma = Dma::new(&names[i], mem.clone(), bm);
+                        match trace {
+                            Some(t) => dma.with_trace(t),
+                            None => dma,
+                        }
+                    },
+                    msi.clone(),
+                )
+                .map_err(|e| PciSetupError::Device(e.to_string()))?;
+                (names[i].as_str(), Arc::new(Mutex::new(d)))
             }
         };
         bus.add_device(
@@ -316,10 +399,13 @@ pub fn build(
             dev,
             Some(Intx {
                 line: gsi as u8,
-                irq: line,
+                irq: intx,
             }),
         )
         .map_err(|e| PciSetupError::Bus(e.to_string()))?;
+    }
+    if let Some(o) = observe {
+        bus.set_observer(o.recorder.pci_observer(&observed_slots));
     }
     let bus = Arc::new(bus);
     bus.assign_bars()

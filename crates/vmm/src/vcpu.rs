@@ -8,10 +8,12 @@
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
+use devices::monitor::Recorder;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::control::{CrashInfo, StopReason, VcpuCommand, VcpuState, VmControl};
+use crate::emulate;
 use crate::exit::{handle_exit, Action, Buses, Exit};
 use crate::kick;
 
@@ -41,6 +43,8 @@ pub struct Vcpu {
     pub commands: Receiver<VcpuCommand>,
     /// Guest memory, to read instruction bytes for crash reports.
     pub mem: GuestMemoryMmap,
+    /// Protocol monitors: violations this vCPU caused wait for its RIP.
+    pub monitor: Option<Arc<Recorder>>,
 }
 
 impl Vcpu {
@@ -123,12 +127,24 @@ impl Vcpu {
                 Ok(a) => a,
                 Err(p) => self.finish(p),
             };
+            self.flush_monitor();
             match action {
                 Action::Continue | Action::DebugStop => {}
                 Action::Stop(reason) => {
                     self.control.request_stop(reason);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Protocol-monitor hook: if the last exit broke a device rule, print
+    /// the report with this vCPU's RIP (one relaxed load otherwise).
+    fn flush_monitor(&self) {
+        if let Some(m) = &self.monitor {
+            if m.needs_rip(self.index) {
+                let rip = self.fd.get_regs().ok().map(|r| r.rip);
+                m.flush_vcpu(self.index, rip);
             }
         }
     }
@@ -143,13 +159,20 @@ impl Vcpu {
                     insn: c.insn,
                 }
             }
-            Pending::Internal => Exit::Fatal(self.internal_error()),
+            Pending::Internal => match self.internal_error() {
+                Some(info) => Exit::Fatal(info),
+                // vlab completed the instruction KVM could not emulate.
+                None => return Action::Continue,
+            },
             Pending::Fatal(what) => Exit::Fatal(self.crash(what)),
         };
         handle_exit(exit, &self.buses, self.index)
     }
 
-    fn internal_error(&mut self) -> CrashInfo {
+    /// A KVM internal error: complete the instruction in user space when
+    /// it is one vlab emulates (see [`crate::emulate`]) and return `None`,
+    /// or describe the crash.
+    fn internal_error(&mut self) -> Option<CrashInfo> {
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the
         // `internal` member of the union is the one KVM filled in.
         let (suberror, ndata) = unsafe {
@@ -157,11 +180,19 @@ impl Vcpu {
             (i.suberror, i.ndata)
         };
         let what = if suberror == INTERNAL_ERROR_EMULATION {
-            "KVM internal error: instruction emulation failed".to_string()
+            match emulate::complete(&self.fd, &self.mem) {
+                Ok(outcome) => {
+                    self.buses.stats.emulated.count(outcome);
+                    return None;
+                }
+                Err(e) => format!(
+                    "KVM internal error: instruction emulation failed (vlab's fallback: {e})"
+                ),
+            }
         } else {
             format!("KVM internal error (suberror {suberror}, {ndata} data words)")
         };
-        self.crash(what)
+        Some(self.crash(what))
     }
 
     /// A crash report with the current RIP and the bytes there.

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use devices::bus::{lock, BusError, SharedDevice};
 use devices::irq::Irq;
 use devices::legacy::{Cmos, DebugExit, Serial, SystemClock, I8042};
+use devices::monitor::Recorder;
 use devices::probe::{Probe, ProbeCounters};
 
 use crate::arch::{self, layout};
@@ -28,6 +29,7 @@ use crate::exit::Buses;
 use crate::interrupts::Resampler;
 use crate::loader::{self, BootEntry, LoadError, LoadedKernel};
 use crate::pci::{self, PciDeviceKind, PciMachine, VgpuHandle};
+use crate::trace::{self, ObserveOptions};
 use crate::vcpu::Vcpu;
 
 /// Most vCPUs a VM may have.
@@ -154,6 +156,8 @@ pub struct VmHandles {
     pub buses: Arc<Buses>,
     /// The vgpu, if the machine has one (screenshots).
     pub vgpu: Option<VgpuHandle>,
+    /// The protocol monitors and trace, if observed.
+    pub monitor: Option<Arc<Recorder>>,
 }
 
 impl VmHandles {
@@ -175,6 +179,7 @@ pub struct Vm {
     handles_serial: Arc<Mutex<Serial>>,
     probe: Arc<ProbeCounters>,
     control: Arc<VmControl>,
+    monitor: Option<Arc<Recorder>>,
 }
 
 /// Options for an empty machine.
@@ -194,6 +199,16 @@ impl Vm {
     /// An empty machine: memory, irqchip, PIT, the legacy devices and the
     /// vCPUs with their CPUID and MSRs, no kernel.
     pub fn new(opts: &MachineOptions, console: Box<dyn Write + Send>) -> Result<Vm, VmError> {
+        Self::with_observer(opts, console, None)
+    }
+
+    /// [`Vm::new`], with the PCI devices' protocol monitors and the I/O
+    /// trace as `observe` says (see [`crate::trace`]).
+    pub fn with_observer(
+        opts: &MachineOptions,
+        console: Box<dyn Write + Send>,
+        observe: Option<ObserveOptions>,
+    ) -> Result<Vm, VmError> {
         if opts.cpus == 0 || opts.cpus > MAX_CPUS {
             return Err(VmError::Cpus(opts.cpus.into()));
         }
@@ -236,6 +251,8 @@ impl Vm {
         }
 
         let control = Arc::new(VmControl::new());
+        let ack_timeout = observe.as_ref().map(|o| o.ack_timeout);
+        let monitor = observe.map(|o| trace::recorder(o, &control));
         let mut buses = Buses::default();
         let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io {
             what: "create serial eventfd",
@@ -277,7 +294,17 @@ impl Vm {
         buses.mmio.insert(mmio_probe, PROBE_MMIO, 0x1000, "probe")?;
 
         let pci = if opts.irqchip {
-            Some(pci::build(&vm, &mem, &opts.pci_devices, &mut buses)?)
+            let observe = monitor.as_ref().map(|r| pci::PciObserve {
+                recorder: r.clone(),
+                ack_timeout: ack_timeout.unwrap_or(devices::monitor::DEFAULT_ACK_TIMEOUT),
+            });
+            Some(pci::build(
+                &vm,
+                &mem,
+                &opts.pci_devices,
+                &mut buses,
+                observe.as_ref(),
+            )?)
         } else {
             None
         };
@@ -318,6 +345,7 @@ impl Vm {
             handles_serial: serial,
             probe,
             control,
+            monitor,
         })
     }
 
@@ -458,6 +486,7 @@ impl Vm {
                 control: self.control.clone(),
                 commands,
                 mem: self.mem.clone(),
+                monitor: self.monitor.clone(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -475,6 +504,7 @@ impl Vm {
                 probe: self.probe,
                 buses,
                 vgpu,
+                monitor: self.monitor,
             },
             threads,
             _resampler: resampler,
@@ -534,6 +564,8 @@ impl RunningVm {
     }
 
     /// Wait until the VM stops, join every vCPU thread and return why.
+    /// The monitors' final checks run and the trace is completed (with
+    /// the exit counts) before this returns.
     pub fn wait(self) -> StopReason {
         let reason = self.handles.control.wait_for_stop();
         for t in self.threads {
@@ -541,6 +573,16 @@ impl RunningVm {
                 // A vCPU thread panicked: that is a vlab bug; the reason
                 // recorded first still stands.
             }
+        }
+        if let Some(m) = &self.handles.monitor {
+            let s = &self.handles.buses.stats;
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            m.finish(&[
+                ("exits_pio", load(&s.pio)),
+                ("exits_mmio", load(&s.mmio)),
+                ("exits_other", load(&s.other)),
+            ]);
         }
         reason
     }

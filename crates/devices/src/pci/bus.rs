@@ -60,6 +60,46 @@ pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 /// A remap hook: told about every change of a decoded BAR.
 pub type RemapHook = Arc<dyn Fn(&BarRemap) + Send + Sync>;
 
+/// Which space a [`PciAccess`] went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PciAccessSpace {
+    /// BAR `n` (offset inside the BAR).
+    Bar(usize),
+    /// Configuration space (offset = register); `command` is the PCI
+    /// command register after the access.
+    Config {
+        /// PCI_COMMAND after the access.
+        command: u16,
+    },
+}
+
+/// One access a device handled, as shown to the [`PciObserver`].
+#[derive(Debug, Clone, Copy)]
+pub struct PciAccess<'a> {
+    /// The device's slot.
+    pub slot: u8,
+    /// The vCPU that made it, if known.
+    pub vcpu: Option<u32>,
+    /// BAR or configuration space.
+    pub space: PciAccessSpace,
+    /// Offset inside the BAR, or the config register.
+    pub offset: u64,
+    /// The bytes written, or the bytes the guest read.
+    pub data: &'a [u8],
+    /// A write?
+    pub write: bool,
+    /// How long the device took (with its lock).
+    pub took: std::time::Duration,
+}
+
+/// Sees every access a device on the bus handles (monitors, `--trace`).
+/// Called with the device's lock held, after the device handled the
+/// access: it must not take a PCI device's lock.
+pub trait PciObserver: Send + Sync {
+    /// A device handled `a`.
+    fn access(&self, a: &PciAccess<'_>);
+}
+
 /// Errors building the bus or assigning BARs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PciBusError {
@@ -229,6 +269,7 @@ pub struct PciBus {
     config_address: AtomicU32,
     counters: Counters,
     on_remap: Option<RemapHook>,
+    observer: Option<Arc<dyn PciObserver>>,
 }
 
 impl std::fmt::Debug for PciBus {
@@ -257,6 +298,7 @@ impl PciBus {
             config_address: AtomicU32::new(0),
             counters: Counters::default(),
             on_remap: None,
+            observer: None,
         };
         bus.slots[0] = Some(Slot {
             name: "host-bridge".to_string(),
@@ -269,6 +311,12 @@ impl PciBus {
     /// Tell `hook` about every change of a decoded BAR.
     pub fn set_remap_hook(&mut self, hook: RemapHook) {
         self.on_remap = Some(hook);
+    }
+
+    /// Show every device access (BAR and configuration space) to
+    /// `observer`. Without one an access costs one branch more.
+    pub fn set_observer(&mut self, observer: Arc<dyn PciObserver>) {
+        self.observer = Some(observer);
     }
 
     /// The windows BARs are decoded in.
@@ -367,8 +415,32 @@ impl PciBus {
 
     /// Read config space; absent functions read all-ones.
     pub fn config_read(&self, a: PciAddress, data: &mut [u8]) {
+        self.config_read_by(a, data, None)
+    }
+
+    /// Read config space for vCPU `vcpu` (shown to the observer).
+    pub fn config_read_by(&self, a: PciAddress, data: &mut [u8], vcpu: Option<u32>) {
         match self.slot_for(a) {
-            Some(s) => lock(&s.dev).config_read(usize::from(a.register), data),
+            Some(s) => {
+                let mut dev = lock(&s.dev);
+                match &self.observer {
+                    None => dev.config_read(usize::from(a.register), data),
+                    Some(o) => {
+                        let t0 = std::time::Instant::now();
+                        dev.config_read(usize::from(a.register), data);
+                        let command = dev.config().command();
+                        o.access(&PciAccess {
+                            slot: a.device,
+                            vcpu,
+                            space: PciAccessSpace::Config { command },
+                            offset: u64::from(a.register),
+                            data,
+                            write: false,
+                            took: t0.elapsed(),
+                        });
+                    }
+                }
+            }
             None => {
                 data.fill(0xff);
                 self.counters.absent_reads.fetch_add(1, Ordering::Relaxed);
@@ -379,13 +451,32 @@ impl PciBus {
     /// Write config space; writes to absent functions are dropped. Updates
     /// BAR decoding and reports remaps.
     pub fn config_write(&self, a: PciAddress, data: &[u8]) {
+        self.config_write_by(a, data, None)
+    }
+
+    /// Write config space for vCPU `vcpu` (shown to the observer).
+    pub fn config_write_by(&self, a: PciAddress, data: &[u8], vcpu: Option<u32>) {
         let Some(s) = self.slot_for(a) else {
             self.counters.absent_writes.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let mut dev = lock(&s.dev);
+        let t0 = self.observer.as_ref().map(|_| std::time::Instant::now());
         dev.config_write(usize::from(a.register), data);
         self.refresh(a.device, s, dev.config());
+        if let (Some(o), Some(t0)) = (&self.observer, t0) {
+            o.access(&PciAccess {
+                slot: a.device,
+                vcpu,
+                space: PciAccessSpace::Config {
+                    command: dev.config().command(),
+                },
+                offset: u64::from(a.register),
+                data,
+                write: true,
+                took: t0.elapsed(),
+            });
+        }
     }
 
     /// Recompute the decoded BARs of `slot` (device lock held).
@@ -453,7 +544,7 @@ impl PciBus {
         space: PciSpace,
         addr: u64,
         len: usize,
-    ) -> Option<(SharedPciDevice, usize, u64)> {
+    ) -> Option<(SharedPciDevice, u8, usize, u64)> {
         let map = read_map(&self.map);
         let m = map.iter().find(|m| {
             m.space == space
@@ -463,15 +554,42 @@ impl PciBus {
                     .is_some_and(|end| end <= m.size)
         })?;
         let dev = self.slots.get(usize::from(m.slot))?.as_ref()?.dev.clone();
-        Some((dev, m.bar, addr - m.base))
+        Some((dev, m.slot, m.bar, addr - m.base))
     }
 
     /// A guest read at `addr` in `space`. Returns false (and fills all-ones)
     /// if no decoded BAR holds the whole access.
     pub fn bar_read(&self, space: PciSpace, addr: u64, data: &mut [u8]) -> bool {
+        self.bar_read_by(space, addr, data, None)
+    }
+
+    /// [`PciBus::bar_read`] by vCPU `vcpu` (shown to the observer).
+    pub fn bar_read_by(
+        &self,
+        space: PciSpace,
+        addr: u64,
+        data: &mut [u8],
+        vcpu: Option<u32>,
+    ) -> bool {
         match self.find_bar(space, addr, data.len()) {
-            Some((dev, bar, off)) => {
-                lock(&dev).bar_read(bar, off, data);
+            Some((dev, slot, bar, off)) => {
+                let mut dev = lock(&dev);
+                match &self.observer {
+                    None => dev.bar_read(bar, off, data),
+                    Some(o) => {
+                        let t0 = std::time::Instant::now();
+                        dev.bar_read(bar, off, data);
+                        o.access(&PciAccess {
+                            slot,
+                            vcpu,
+                            space: PciAccessSpace::Bar(bar),
+                            offset: off,
+                            data,
+                            write: false,
+                            took: t0.elapsed(),
+                        });
+                    }
+                }
                 true
             }
             None => {
@@ -485,9 +603,30 @@ impl PciBus {
     /// A guest write at `addr` in `space`. Returns false (and drops it) if
     /// no decoded BAR holds the whole access.
     pub fn bar_write(&self, space: PciSpace, addr: u64, data: &[u8]) -> bool {
+        self.bar_write_by(space, addr, data, None)
+    }
+
+    /// [`PciBus::bar_write`] by vCPU `vcpu` (shown to the observer).
+    pub fn bar_write_by(&self, space: PciSpace, addr: u64, data: &[u8], vcpu: Option<u32>) -> bool {
         match self.find_bar(space, addr, data.len()) {
-            Some((dev, bar, off)) => {
-                lock(&dev).bar_write(bar, off, data);
+            Some((dev, slot, bar, off)) => {
+                let mut dev = lock(&dev);
+                match &self.observer {
+                    None => dev.bar_write(bar, off, data),
+                    Some(o) => {
+                        let t0 = std::time::Instant::now();
+                        dev.bar_write(bar, off, data);
+                        o.access(&PciAccess {
+                            slot,
+                            vcpu,
+                            space: PciAccessSpace::Bar(bar),
+                            offset: off,
+                            data,
+                            write: true,
+                            took: t0.elapsed(),
+                        });
+                    }
+                }
                 true
             }
             None => {
@@ -588,14 +727,14 @@ impl BusDevice for PciBarWindow {
     fn read(&mut self, a: Access, data: &mut [u8]) {
         match a.base.checked_add(a.offset) {
             Some(addr) => {
-                self.bus.bar_read(self.space, addr, data);
+                self.bus.bar_read_by(self.space, addr, data, Some(a.vcpu));
             }
             None => data.fill(0xff),
         }
     }
     fn write(&mut self, a: Access, data: &[u8]) {
         if let Some(addr) = a.base.checked_add(a.offset) {
-            self.bus.bar_write(self.space, addr, data);
+            self.bus.bar_write_by(self.space, addr, data, Some(a.vcpu));
         }
     }
 }

@@ -143,7 +143,7 @@ impl BusDevice for ConfigIo {
             data.copy_from_slice(&self.bus.config_address().to_le_bytes());
         } else if Self::is_data_access(a.offset, data.len()) {
             match self.data_address(a.offset, data.len()) {
-                Some(addr) => self.bus.config_read(addr, data),
+                Some(addr) => self.bus.config_read_by(addr, data, Some(a.vcpu)),
                 None => data.fill(0xff),
             }
         } else {
@@ -158,7 +158,7 @@ impl BusDevice for ConfigIo {
             self.bus.set_config_address(v & PCI_CONFIG_ADDRESS_MASK);
         } else if Self::is_data_access(a.offset, data.len()) {
             if let Some(addr) = self.data_address(a.offset, data.len()) {
-                self.bus.config_write(addr, data);
+                self.bus.config_write_by(addr, data, Some(a.vcpu));
             }
         } else {
             self.bus.count_bad_config();
@@ -195,13 +195,13 @@ impl Ecam {
 impl BusDevice for Ecam {
     fn read(&mut self, a: Access, data: &mut [u8]) {
         match self.address(a.offset, data.len()) {
-            Some(addr) => self.bus.config_read(addr, data),
+            Some(addr) => self.bus.config_read_by(addr, data, Some(a.vcpu)),
             None => data.fill(0xff),
         }
     }
     fn write(&mut self, a: Access, data: &[u8]) {
         if let Some(addr) = self.address(a.offset, data.len()) {
-            self.bus.config_write(addr, data);
+            self.bus.config_write_by(addr, data, Some(a.vcpu));
         }
     }
 }

@@ -29,10 +29,10 @@ pub mod worker;
 
 pub use command::{parse, Command, CommandError, Rect};
 pub use engine::{DmaKind, Event, MsiSink, Vgpu};
+pub use pci::VgpuPci;
 pub use raster::{DmaFault, DmaRead, FbGeometry, VecMemory};
 pub use regs::ErrorCode;
 pub use screenshot::{framebuffer_png, render_reference, screenshot, ScreenshotError};
-pub use pci::VgpuPci;
 pub use worker::{FrameMemory, VecFrame, Worker};
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::bus::lock;
-use crate::dma::Dma;
+use crate::dma::{Dma, DmaTrace};
 use crate::irq::Irq;
 use crate::pci::config::{Bar, BarChange, ConfigSpace, PciIds, PCI_COMMAND_MASTER};
 use crate::pci::device::PciDevice;
@@ -86,6 +86,23 @@ impl VgpuPci {
         msi_sink: Arc<dyn MsiSink>,
         events: EventSink,
     ) -> Result<VgpuPci, VgpuPciError> {
+        Self::with_dma_trace(name, mem, fb, intx, msi_sink, events, None)
+    }
+
+    /// [`VgpuPci::new`], also showing every DMA the engine makes to
+    /// `dma_trace` (for the I/O trace).
+    ///
+    /// Events are delivered with the model's mutex held, in the model's
+    /// order: the sink must not take the model's or this function's lock.
+    pub fn with_dma_trace(
+        name: &str,
+        mem: vm_memory::GuestMemoryMmap,
+        fb: Arc<dyn FrameMemory>,
+        intx: Arc<dyn Irq>,
+        msi_sink: Arc<dyn MsiSink>,
+        events: EventSink,
+        dma_trace: Option<DmaTrace>,
+    ) -> Result<VgpuPci, VgpuPciError> {
         let cfg_err = |e: &dyn std::fmt::Display| VgpuPciError::Config(e.to_string());
         let mut cfg = ConfigSpace::new(Self::ids());
         cfg.add_bar(REG_BAR, Bar::mem32(BAR0_SIZE))
@@ -95,7 +112,11 @@ impl VgpuPci {
         cfg.set_interrupt_pin(1).map_err(|e| cfg_err(&e))?;
         let msi =
             MsiCapability::add(&mut cfg, 1, false, msi_sink.clone()).map_err(|e| cfg_err(&e))?;
-        let dma = Arc::new(Dma::new(name, mem, cfg.bus_master()));
+        let mut dma = Dma::new(name, mem, cfg.bus_master());
+        if let Some(t) = dma_trace {
+            dma = dma.with_trace(t);
+        }
+        let dma = Arc::new(dma);
 
         let page = RegisterPage::new();
         let mut model = Vgpu::new();
@@ -162,11 +183,11 @@ impl VgpuPci {
         self.fb.clone()
     }
 
-    fn emit(&self, events: Vec<Event>) {
+    fn emit(sink: &Mutex<EventSink>, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
-        let mut sink = lock(&self.events);
+        let mut sink = lock(sink);
         for ev in events {
             (sink)(ev);
         }
@@ -181,12 +202,11 @@ impl VgpuPci {
         } else {
             None
         };
-        let events = {
-            let mut m = lock(&self.dev);
-            m.set_msi_enabled(msi_on);
-            m.set_bus_master(master)
-        };
-        self.emit(events);
+        let mut m = lock(&self.dev);
+        m.set_msi_enabled(msi_on);
+        let events = m.set_bus_master(master);
+        // Under the model lock: in order with the engine's events.
+        Self::emit(&self.events, events);
     }
 }
 
@@ -243,8 +263,10 @@ impl PciDevice for VgpuPci {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         match bar {
             REG_BAR => {
-                let events = lock(&self.dev).write_reg(offset, data.len(), le_value(data));
-                self.emit(events);
+                let mut m = lock(&self.dev);
+                let events = m.write_reg(offset, data.len(), le_value(data));
+                // Under the model lock: in order with the engine's events.
+                Self::emit(&self.events, events);
             }
             FB_BAR => self.fb.with_mut(&mut |fb| {
                 if let Some(dst) = usize::try_from(offset)

@@ -8,10 +8,13 @@
 //!   under the worker's own (leaf) mutex and notifies a condvar.
 //! * The worker wakes, then repeatedly takes the device mutex, then the
 //!   framebuffer's lock ([`FrameMemory::with_mut`]), executes **one**
-//!   descriptor, and releases both; so a register write waits at most one
-//!   descriptor's execution. Events are delivered to the sink with no lock
-//!   held.
-//! * Lock order: device mutex → framebuffer lock. A screenshot takes the
+//!   descriptor, releases the framebuffer lock, delivers the step's events
+//!   to the sink and releases the device mutex; so a register write waits
+//!   at most one descriptor's execution, and a protocol monitor fed by the
+//!   sink sees the engine's events in the device's order relative to
+//!   register writes. The sink must not take the device mutex.
+//! * Lock order: device mutex → framebuffer lock; device mutex → sink.
+//!   A screenshot takes the
 //!   device mutex only to read the mode, releases it, then takes the
 //!   framebuffer lock (see [`super::screenshot::screenshot`]).
 
@@ -120,13 +123,13 @@ impl Worker {
                 while s.wait() {
                     loop {
                         let mut events = Vec::new();
-                        {
-                            let mut d = lock(&d);
-                            if !d.has_work() {
-                                break;
-                            }
-                            fb.with_mut(&mut |bytes| events = d.step(&*mem, bytes));
+                        let mut d = lock(&d);
+                        if !d.has_work() {
+                            break;
                         }
+                        fb.with_mut(&mut |bytes| events = d.step(&*mem, bytes));
+                        // Delivered under the device lock, so a monitor sees
+                        // them before any register write that follows.
                         for e in events {
                             sink(e);
                         }
