@@ -73,6 +73,7 @@ impl Capture {
 fn vlab_in_process(cmdline: &str) -> Result<(String, u64), String> {
     let opts = MachineOptions {
         pci_devices: Vec::new(),
+        disks: Vec::new(),
         cpus: 1,
         mem_size: MEM_BYTES,
         irqchip: true,

@@ -96,6 +96,10 @@ struct RawRunArgs {
     /// SIGUSR1 or Ctrl-A s while it runs).
     #[arg(long, value_name = "FILE")]
     screenshot: Option<PathBuf>,
+    /// A virtio-blk disk (repeat for more):
+    /// path=IMG[,ro][,format=raw|qcow2][,model=hdd:hp97560|hdd:cheetah4lp|ssd|file:PATH][,serial=S]
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
     /// A teaching device on the PCI bus (repeat for more): vgpu, edu. Default:
     /// one of each; `--device none` for a bare bus.
     #[arg(long = "device", value_name = "NAME")]
@@ -172,6 +176,8 @@ pub struct RunArgs {
     pub verbose: bool,
     /// PCI devices, slot order.
     pub devices: Vec<PciDeviceKind>,
+    /// virtio-blk disks.
+    pub disks: Vec<vmm::disk::DiskSpec>,
     /// Screenshot file.
     pub screenshot: Option<PathBuf>,
     /// I/O trace file.
@@ -285,7 +291,20 @@ fn validate_run(r: RawRunArgs) -> Result<RunArgs, String> {
     if r.strict && r.no_monitors {
         return Err("--strict needs the protocol monitors: drop --no-monitors".into());
     }
+    let disks = r
+        .disks
+        .iter()
+        .map(|d| vmm::disk::DiskSpec::parse(d).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if devices.len() + disks.len() > MAX_DEVICES {
+        return Err(format!(
+            "Too many PCI devices ({} --device and {} --disk); at most {MAX_DEVICES} in all",
+            devices.len(),
+            disks.len()
+        ));
+    }
     Ok(RunArgs {
+        disks,
         trace: r.trace,
         strict: r.strict,
         monitors: !r.no_monitors,

@@ -143,6 +143,7 @@ pub fn run(args: RunArgs) -> u8 {
         mem_size: args.mem_size,
         irqchip: true,
         pci_devices: args.devices.clone(),
+        disks: args.disks.clone(),
     };
     let kernel = match &args.kernel {
         Some(p) => KernelSource::Path(p.clone()),

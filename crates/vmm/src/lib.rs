@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod control;
 pub mod cpu_setup;
+pub mod disk;
 pub mod doctor;
 pub mod emulate;
 pub mod exit;

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvm_bindings::{kvm_msi, kvm_userspace_memory_region, KVM_MEM_READONLY};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use devices::bus::{lock, BusError};
 use devices::dma::Dma;
@@ -25,6 +26,7 @@ use devices::vgpu::worker::EventSink;
 use devices::vgpu::{FrameMemory, VgpuPci};
 
 use crate::arch::layout;
+use crate::disk::{DiskError, DiskSpec};
 use crate::exit::Buses;
 use crate::interrupts::{InterruptError, LevelIrq};
 
@@ -81,6 +83,9 @@ pub enum PciSetupError {
     /// A device failed to start.
     #[error("PCI: {0}")]
     Device(String),
+    /// A `--disk` could not be set up.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 /// MSIs into the guest with `KVM_SIGNAL_MSI`.
@@ -192,10 +197,36 @@ struct Memslots {
     by_bar: HashMap<(u8, usize), u32>,
     /// RAM-backed BARs: (PCI slot, BAR) -> (host address, size).
     ram_bars: HashMap<(u8, usize), (u64, u64)>,
+    /// Doorbells served by ioeventfds: (PCI slot, BAR) -> (eventfd, offset
+    /// in the BAR). A write there signals the eventfd inside KVM: no exit
+    /// to vlab, the device thread wakes directly.
+    ioevents: HashMap<(u8, usize), Vec<(Arc<EventFd>, u64)>>,
 }
 
 impl Memslots {
+    /// Move the BAR's ioeventfds with it.
+    fn move_ioevents(&self, r: &BarRemap) {
+        let Some(list) = self.ioevents.get(&(r.slot, r.bar)) else {
+            return;
+        };
+        for (fd, off) in list {
+            if let Some(old) = r.old {
+                let _ =
+                    self.vm
+                        .unregister_ioevent(fd, &IoEventAddress::Mmio(old + off), NoDatamatch);
+            }
+            if let Some(new) = r.new {
+                // On failure the doorbell write traps to the device model,
+                // which signals the same eventfd: slower, still correct.
+                let _ = self
+                    .vm
+                    .register_ioevent(fd, &IoEventAddress::Mmio(new + off), NoDatamatch);
+            }
+        }
+    }
+
     fn remap(&mut self, r: &BarRemap) {
+        self.move_ioevents(r);
         let key = (r.slot, r.bar);
         let (host, size, flags, _keep) = if let Some(p) = &r.register_page {
             (p.as_ptr() as u64, 0x1000, KVM_MEM_READONLY, Some(p.clone()))
@@ -252,6 +283,21 @@ pub struct PciMachine {
     pub lines: Vec<Arc<LevelIrq>>,
     /// The vgpu, if any (for screenshots).
     pub vgpu: Option<VgpuHandle>,
+    /// The virtio-blk disks, in `--disk` order.
+    pub disks: Vec<DiskHandle>,
+}
+
+/// A virtio-blk disk on the bus.
+#[derive(Clone)]
+pub struct DiskHandle {
+    /// Device name (`vblk0`, ...).
+    pub name: String,
+    /// What was asked for.
+    pub spec: DiskSpec,
+    /// The timing model's throttle, when `model=` was given.
+    pub throttle: Option<Arc<Mutex<block::model::vpt::Throttle>>>,
+    /// The virtio-pci function (for shutdown).
+    pub device: Arc<Mutex<devices::virtio::pci::VirtioPci>>,
 }
 
 /// Monitors and trace for the PCI devices: the VM's recorder and the
@@ -296,6 +342,8 @@ pub fn build(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     kinds: &[PciDeviceKind],
+    disks: &[DiskSpec],
+    queues: u16,
     buses: &mut Buses,
     observe: Option<&PciObserve>,
 ) -> Result<PciMachine, PciSetupError> {
@@ -311,6 +359,7 @@ pub fn build(
         next: BAR_MEMSLOT_BASE,
         by_bar: HashMap::new(),
         ram_bars: HashMap::new(),
+        ioevents: HashMap::new(),
     }));
     let m = memslots.clone();
     bus.set_remap_hook(Arc::new(move |r: &BarRemap| lock(&m).remap(r)));
@@ -404,6 +453,63 @@ pub fn build(
         )
         .map_err(|e| PciSetupError::Bus(e.to_string()))?;
     }
+    let mut disk_handles = Vec::new();
+    for (i, spec) in disks.iter().enumerate() {
+        let slot = (kinds.len() + i + 1) as u8;
+        if usize::from(slot) >= devices::pci::bus::PCI_SLOTS {
+            return Err(PciSetupError::Device(format!(
+                "too many devices: no PCI slot left for --disk {}",
+                spec.path.display()
+            )));
+        }
+        let name = format!("vblk{i}");
+        let gsi = PCI_INTX_GSI_BASE + u32::from(slot - 1) % 8;
+        let line = LevelIrq::new(vm, gsi)?;
+        lines.push(line.clone());
+        let mut intx: Arc<dyn Irq> = line.clone();
+        let mut msi = msi.clone();
+        if let Some(o) = observe {
+            let id = o.recorder.add_device(&name, None);
+            observed_slots.push((slot, id));
+            intx = ObservedIrq::new(intx.clone(), o.recorder.clone(), id);
+            msi = ObservedMsi::new(msi.clone(), o.recorder.clone(), id);
+        }
+        let (blk, throttle) = spec.open(&name, queues)?;
+        let dev = devices::virtio::pci::VirtioPci::new(&name, Box::new(blk), mem.clone(), msi)
+            .map_err(|e| PciSetupError::Device(e.to_string()))?;
+        let mut doorbells = Vec::new();
+        {
+            let d = lock(&dev);
+            for q in 0..d.num_queues() {
+                if let (Some(fd), Some((bar, off))) = (d.kick_eventfd(q), d.notify_address(q)) {
+                    doorbells.push((bar, fd, off));
+                }
+            }
+        }
+        {
+            let mut m = lock(&memslots);
+            for (bar, fd, off) in doorbells {
+                m.ioevents.entry((slot, bar)).or_default().push((fd, off));
+            }
+        }
+        bus.add_device(
+            slot,
+            &name,
+            dev.clone(),
+            Some(Intx {
+                line: gsi as u8,
+                irq: intx,
+            }),
+        )
+        .map_err(|e| PciSetupError::Bus(e.to_string()))?;
+        disk_handles.push(DiskHandle {
+            name,
+            spec: spec.clone(),
+            throttle,
+            device: dev,
+        });
+    }
+    let disks = disk_handles;
     if let Some(o) = observe {
         bus.set_observer(o.recorder.pci_observer(&observed_slots));
     }
@@ -435,5 +541,21 @@ pub fn build(
         windows.io_size,
         "pci-io",
     )?;
-    Ok(PciMachine { bus, lines, vgpu })
+    Ok(PciMachine {
+        bus,
+        lines,
+        vgpu,
+        disks,
+    })
+}
+
+impl Drop for PciMachine {
+    fn drop(&mut self) {
+        // Stop each disk's I/O thread (it flushes nothing by itself: the
+        // guest's flushes are what make data durable) and release the
+        // image and its locks.
+        for d in &self.disks {
+            devices::virtio::pci::VirtioPci::shutdown(&d.device);
+        }
+    }
 }

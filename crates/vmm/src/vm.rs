@@ -193,6 +193,8 @@ pub struct MachineOptions {
     pub irqchip: bool,
     /// Teaching devices on the PCI bus, in slot order from slot 1.
     pub pci_devices: Vec<PciDeviceKind>,
+    /// virtio-blk disks, on the slots after the teaching devices.
+    pub disks: Vec<crate::disk::DiskSpec>,
 }
 
 impl Vm {
@@ -302,6 +304,8 @@ impl Vm {
                 &vm,
                 &mem,
                 &opts.pci_devices,
+                &opts.disks,
+                u16::from(opts.cpus).min(16),
                 &mut buses,
                 observe.as_ref(),
             )?)

@@ -44,6 +44,7 @@ fn run_long_mode(
 ) -> (StopReason, GuestMemoryMmap) {
     let opts = MachineOptions {
         pci_devices: Vec::new(),
+        disks: Vec::new(),
         cpus: 1,
         mem_size: 64 << 20,
         irqchip: true,

@@ -35,6 +35,7 @@ impl BusDevice for Recorder {
 fn machine(irqchip: bool) -> Vm {
     let opts = MachineOptions {
         pci_devices: Vec::new(),
+        disks: Vec::new(),
         cpus: 1,
         mem_size: 64 << 20,
         irqchip,
@@ -211,6 +212,7 @@ fn register_page_reads_cost_no_exit_and_writes_reach_the_model() {
     use vmm::vm::{MachineOptions, Vm};
     let opts = MachineOptions {
         pci_devices: vec![PciDeviceKind::Vgpu],
+        disks: Vec::new(),
         cpus: 1,
         mem_size: 64 << 20,
         irqchip: true,
