@@ -15,6 +15,9 @@ use block::model::{ModelError, ModelSpec};
 use devices::virtio::block::policy::ThrottlePolicy;
 use devices::virtio::block::{Block, BlockOptions};
 
+/// A disk's timing-model throttle, shared with the device's I/O thread.
+pub type SharedThrottle = Arc<Mutex<Throttle>>;
+
 /// One `--disk`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiskSpec {
@@ -106,7 +109,7 @@ impl DiskSpec {
         &self,
         name: &str,
         queues: u16,
-    ) -> Result<(Block, Option<Arc<Mutex<Throttle>>>), DiskError> {
+    ) -> Result<(Block, Option<SharedThrottle>), DiskError> {
         let img = image::open(
             &self.path,
             OpenOptions {
@@ -179,7 +182,10 @@ mod tests {
     #[test]
     fn missing_image_names_the_file() {
         let d = DiskSpec::parse("/nonexistent/vlab.img").unwrap();
-        let e = d.open("vblk0", 1).err().expect("missing file").to_string();
+        let e = match d.open("vblk0", 1) {
+            Ok(_) => panic!("a missing image must not open"),
+            Err(e) => e.to_string(),
+        };
         assert!(e.contains("/nonexistent/vlab.img"), "{e}");
         assert!(!e.contains('\n'));
     }

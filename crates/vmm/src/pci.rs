@@ -189,6 +189,9 @@ impl FrameMemory for HostRegion {
     }
 }
 
+/// A doorbell: the eventfd a device waits on and its offset in a BAR.
+type Doorbell = (Arc<EventFd>, u64);
+
 /// Keeps KVM memslots in step with the BARs the guest places.
 struct Memslots {
     vm: Arc<VmFd>,
@@ -200,7 +203,7 @@ struct Memslots {
     /// Doorbells served by ioeventfds: (PCI slot, BAR) -> (eventfd, offset
     /// in the BAR). A write there signals the eventfd inside KVM: no exit
     /// to vlab, the device thread wakes directly.
-    ioevents: HashMap<(u8, usize), Vec<(Arc<EventFd>, u64)>>,
+    ioevents: HashMap<(u8, usize), Vec<Doorbell>>,
 }
 
 impl Memslots {
@@ -295,7 +298,7 @@ pub struct DiskHandle {
     /// What was asked for.
     pub spec: DiskSpec,
     /// The timing model's throttle, when `model=` was given.
-    pub throttle: Option<Arc<Mutex<block::model::vpt::Throttle>>>,
+    pub throttle: Option<crate::disk::SharedThrottle>,
     /// The virtio-pci function (for shutdown).
     pub device: Arc<Mutex<devices::virtio::pci::VirtioPci>>,
 }
