@@ -41,6 +41,12 @@ pub enum DiskCommand {
         /// The image.
         path: PathBuf,
     },
+    /// Summarise a timing model's per-request records (written by
+    /// `vlab run --disk path=IMG,model=M,stats=FILE`): modelled vs observed.
+    Stats {
+        /// The stats file.
+        file: PathBuf,
+    },
 }
 
 /// Exit code when `check` finds corruption (as `qemu-img check`).
@@ -85,6 +91,7 @@ fn run(cmd: DiskCommand) -> Result<u8, String> {
             print!("{}", render_info(&img.info().map_err(e)?));
         }
         DiskCommand::Check { path } => return check(&path),
+        DiskCommand::Stats { file } => print!("{}", crate::disk_stats::stats(&file)?),
     }
     Ok(0)
 }

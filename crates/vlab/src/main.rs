@@ -13,6 +13,7 @@
 mod bench;
 mod cli;
 mod disk;
+mod disk_stats;
 mod doctor;
 mod guest;
 mod run;

@@ -31,13 +31,16 @@ pub struct DiskSpec {
     pub model: Option<String>,
     /// The GET_ID serial (default: the device name).
     pub serial: Option<String>,
+    /// Where to write the timing model's per-request records when the VM
+    /// stops (`vlab disk stats FILE` summarises them).
+    pub stats: Option<PathBuf>,
 }
 
 /// Errors in a `--disk` option or opening its image.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     /// The option string is malformed.
-    #[error("Invalid --disk {spec:?}: {why}; use --disk path=IMG[,ro][,format=raw|qcow2][,model=hdd:hp97560|hdd:cheetah4lp|ssd|file:PATH][,serial=S]")]
+    #[error("Invalid --disk {spec:?}: {why}; use --disk path=IMG[,ro][,format=raw|qcow2][,model=hdd:hp97560|hdd:cheetah4lp|ssd|file:PATH][,serial=S][,stats=FILE]")]
     Spec {
         /// The option as given.
         spec: String,
@@ -73,6 +76,7 @@ impl DiskSpec {
             format: None,
             model: None,
             serial: None,
+            stats: None,
         };
         for (i, part) in s.split(',').enumerate() {
             match part.split_once('=') {
@@ -90,6 +94,7 @@ impl DiskSpec {
                     }
                     spec.serial = Some(v.to_string());
                 }
+                Some(("stats", v)) if !v.is_empty() => spec.stats = Some(PathBuf::from(v)),
                 Some(("ro", "on" | "true" | "1")) => spec.read_only = true,
                 Some((k, _)) => return Err(bad(&format!("unknown key {k:?}"))),
                 None if part == "ro" => spec.read_only = true,
@@ -99,6 +104,9 @@ impl DiskSpec {
         }
         if spec.path.as_os_str().is_empty() {
             return Err(bad("no image path"));
+        }
+        if spec.stats.is_some() && spec.model.is_none() {
+            return Err(bad("stats= needs a model= to record"));
         }
         Ok(spec)
     }
@@ -143,6 +151,24 @@ impl DiskSpec {
     }
 }
 
+/// Write a throttle's per-request records, one `disk-model key=value ...`
+/// line each, plus any changes of k as `disk-model-k ...` lines.
+pub fn write_stats(path: &std::path::Path, throttle: &SharedThrottle) -> std::io::Result<()> {
+    use std::io::Write;
+    let (records, changes) = {
+        let mut t = throttle.lock().unwrap_or_else(|p| p.into_inner());
+        (t.drain_records(), t.take_k_changes())
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for c in changes {
+        writeln!(out, "disk-model-k {c:?}")?;
+    }
+    for r in records {
+        writeln!(out, "{}", r.trace_line())?;
+    }
+    out.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +185,8 @@ mod tests {
         assert_eq!(d.model.as_deref(), Some("hdd:hp97560"));
         assert_eq!(d.serial.as_deref(), Some("s1"));
         assert!(DiskSpec::parse("path=x,ro=on").unwrap().read_only);
+        let d = DiskSpec::parse("path=x,model=ssd,stats=/tmp/s.txt").unwrap();
+        assert_eq!(d.stats, Some(PathBuf::from("/tmp/s.txt")));
     }
 
     #[test]
@@ -170,6 +198,7 @@ mod tests {
             "path=x,model=floppy",
             "path=x,colour=blue",
             "path=x,serial=this-serial-is-much-too-long",
+            "path=x,stats=/tmp/s",
             "x,y",
         ] {
             let e = DiskSpec::parse(bad).unwrap_err().to_string();

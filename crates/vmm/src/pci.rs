@@ -559,6 +559,11 @@ impl Drop for PciMachine {
         // image and its locks.
         for d in &self.disks {
             devices::virtio::pci::VirtioPci::shutdown(&d.device);
+            if let (Some(path), Some(t)) = (&d.spec.stats, &d.throttle) {
+                if let Err(e) = crate::disk::write_stats(path, t) {
+                    eprintln!("vlab: cannot write disk stats {}: {e}", path.display());
+                }
+            }
         }
     }
 }
