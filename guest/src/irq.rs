@@ -112,6 +112,17 @@ impl DeviceIrq {
         })
     }
 
+    /// Counting vector `slot` for a driver that programs the device's
+    /// interrupt itself (MSI-X: `virtio.rs`).
+    pub fn for_slot(slot: usize) -> DeviceIrq {
+        crate::io::outb(0x21, 0xff);
+        crate::io::outb(0xa1, 0xff);
+        DeviceIrq {
+            slot,
+            seen: DEVICE_IRQS[slot].load(Ordering::Acquire),
+        }
+    }
+
     /// Interrupts taken on this vector since setup.
     pub fn count(&self) -> u64 {
         DEVICE_IRQS[self.slot].load(Ordering::Acquire)

@@ -13,6 +13,9 @@
 
 mod acpi;
 mod apic;
+mod bench_tests;
+mod blk_shared;
+mod blk_tests;
 mod boot;
 mod cpu;
 mod devices;
@@ -32,6 +35,8 @@ mod start_info;
 mod sync;
 mod tests;
 mod vgpu;
+mod virtio;
+mod virtio_blk;
 
 use start_info::StartInfo;
 

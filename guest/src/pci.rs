@@ -189,6 +189,10 @@ impl Function {
         write32(self.acc(), self.bdf, reg, value)
     }
 
+    pub fn read32(&self, reg: u16) -> u32 {
+        read32(self.acc(), self.bdf, reg)
+    }
+
     pub fn read16(&self, reg: u16) -> u16 {
         read16(self.acc(), self.bdf, reg)
     }
@@ -228,6 +232,7 @@ impl Function {
         match (self.vendor, self.device) {
             (0x7ab5, 0x0001) => Some("vgpu"),
             (0x1234, 0x11e8) => Some("edu"),
+            (0x1af4, 0x1042) => Some("virtio-blk"),
             _ if self.class == 0x06 && self.subclass == 0x00 => Some("host-bridge"),
             _ => None,
         }

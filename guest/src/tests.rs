@@ -130,6 +130,42 @@ static TESTS: &[Test] = &[
         run: crate::pci_tests::edu_test,
     },
     Test {
+        name: "vgpu-poll",
+        run: crate::bench_tests::vgpu_poll,
+    },
+    Test {
+        name: "vgpu-fill",
+        run: crate::bench_tests::vgpu_fill,
+    },
+    Test {
+        name: "vgpu-dma",
+        run: crate::bench_tests::vgpu_dma,
+    },
+    Test {
+        name: "vgpu-irq",
+        run: crate::bench_tests::vgpu_irq,
+    },
+    Test {
+        name: "blk",
+        run: crate::blk_tests::blk_test,
+    },
+    Test {
+        name: "blk-write",
+        run: crate::blk_tests::blk_write,
+    },
+    Test {
+        name: "blk-verify",
+        run: crate::blk_tests::blk_verify,
+    },
+    Test {
+        name: "blk-storm",
+        run: crate::blk_tests::blk_storm,
+    },
+    Test {
+        name: "blk-workload",
+        run: crate::blk_tests::blk_workload,
+    },
+    Test {
         name: "panic",
         run: panic_test,
     },
