@@ -8,9 +8,13 @@
 //! - Start→exit of the built-in guest (`test=hello`): `vlab run` as a child
 //!   process against QEMU microvm booting the same ELF.
 //! - Peak RSS of those same children (`wait4`'s `ru_maxrss`).
+//! - vgpu (issue 3, vlab only): register-page poll vs trapped read, fill
+//!   and DMA throughput, interrupts per second, exits per frame
+//!   ([`vgpu`]).
 
 mod raw;
 mod stats;
+mod vgpu;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ use vmm::vm::{KernelSource, MachineOptions, Vm};
 use crate::cli::BenchArgs;
 use crate::guest::{GUEST_ELF, GUEST_NAME};
 use crate::EXIT_VMM_ERROR;
-use stats::{Row, Unit};
+use stats::{Row, Target, Unit};
 
 /// The floor: the guest kernel's loop bytes, in the same CPU mode.
 const FLOOR64: raw::Config = raw::Config {
@@ -77,6 +81,7 @@ fn vlab_in_process(cmdline: &str) -> Result<(String, u64), String> {
         cpus: 1,
         mem_size: MEM_BYTES,
         irqchip: true,
+        register_pages: true,
     };
     let cap = Capture::default();
     let mut vm = Vm::new(&opts, Box::new(cap.clone())).map_err(|e| e.to_string())?;
@@ -124,8 +129,35 @@ struct ChildRun {
     stderr: String,
 }
 
+/// This process's resident set, KiB (`VmRSS`; 0 if unknown).
+fn own_rss_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The highest [`own_rss_kib`] seen when a child was spawned: a child's
+/// `ru_maxrss` is never below it (see [`time_child`]).
+static PARENT_RSS_KIB: Mutex<f64> = Mutex::new(0.0);
+
 /// Spawn `cmd`, read its output, reap it with `wait4` and time spawn→exit.
+///
+/// A child's `ru_maxrss` includes the peak RSS of the memory map it had
+/// before `exec`: with `posix_spawn`/vfork that is this process's, which
+/// the in-process vgpu runs drive up. Resetting this process's peak to its
+/// current RSS first (`5` to `/proc/self/clear_refs`) leaves the child's
+/// figure at max(its own peak, this process's RSS now).
 fn time_child(mut cmd: Command) -> Result<ChildRun, std::io::Error> {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    {
+        let mut p = PARENT_RSS_KIB.lock().unwrap_or_else(|p| p.into_inner());
+        *p = p.max(own_rss_kib());
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -384,6 +416,7 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
     raw::run(n32.min(1000), FLOOR64)?;
     raw::run(n32.min(1000), FLOOR32)?;
     vlab_boot(&exe)?;
+    vgpu::warm_up()?;
 
     let exit_row = |metric: &str, key: &'static str, peer: &'static str| Row {
         metric: metric.to_string(),
@@ -392,7 +425,7 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
         vlab: vec![],
         peer_runs: vec![],
         unit: Unit::Ns,
-        target: 1.10,
+        target: Target::AtMost(1.10),
     };
     let mut rows = [
         exit_row(
@@ -422,7 +455,7 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
             vlab: vec![],
             peer_runs: vec![],
             unit: Unit::NsAsMs,
-            target: 0.30,
+            target: Target::AtMost(0.30),
         },
         Row {
             metric: format!("peak RSS, {MEM} guest (same boots) vs QEMU microvm"),
@@ -431,9 +464,12 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
             vlab: vec![],
             peer_runs: vec![],
             unit: Unit::KibAsMib,
-            target: 0.15,
+            target: Target::AtMost(0.15),
         },
     ];
+    let sizes = vgpu::Sizes::new(n, args.quick);
+    let mut vrows = vgpu::rows();
+    let mut ram_read_ns = Vec::new();
     let mut qemu_failed = None;
     for i in 0..args.runs {
         progress(args.quick, &format!(" {}", i + 1));
@@ -461,6 +497,7 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
                 Err(e) => qemu_failed = Some(e),
             }
         }
+        vgpu::run_once(&mut vrows, &mut ram_read_ns, sizes)?;
     }
     progress(args.quick, "\n");
     if let Some(e) = &qemu_failed {
@@ -481,8 +518,14 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
             ""
         }
     );
+    println!(
+        "- vgpu (1 vgpu, in-process): {} STATUS reads per poll loop, {} full-screen fills, {} \
+         3 MiB uploads, {} interrupts per run",
+        sizes.poll, sizes.fills, sizes.uploads, sizes.irqs
+    );
     println!();
-    print!("{}", stats::table(&rows));
+    let all: Vec<Row> = rows.iter().chain(vrows.iter()).cloned().collect();
+    print!("{}", stats::table(&all));
     println!();
     let rss = rows[5].vlab_median().unwrap_or(0.0) / 1024.0;
     notes.insert(
@@ -523,11 +566,19 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
             argv.join(" ")
         ));
     }
-    notes.push(
+    let parent_rss = *PARENT_RSS_KIB.lock().unwrap_or_else(|p| p.into_inner()) / 1024.0;
+    notes.push(format!(
         "Start→exit and peak RSS: spawn to `wait4` of the child; `ru_maxrss` from the same wait4; \
-         both runs must print `vlab-guest: hello done`."
-            .to_string(),
-    );
+         both runs must print `vlab-guest: hello done`. A child's `ru_maxrss` also counts the \
+         peak RSS of the spawning process (the memory map it leaves at `exec`), so vlab bench \
+         resets its own peak (`/proc/self/clear_refs`) before each spawn: the figures are \
+         max(the child's peak, vlab bench's RSS at the spawn, at most {parent_rss:.1} MiB)."
+    ));
+    notes.extend(vgpu_notes(
+        &vrows,
+        stats::median(&ram_read_ns),
+        flavour == KvmFlavour::Pvm,
+    ));
     println!("Notes:");
     for n in &notes {
         println!("- {n}");
@@ -543,10 +594,59 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
             ("runs", args.runs.to_string()),
             ("exits", n.to_string()),
         ];
-        std::fs::write(p, stats::json(&header, &rows))
+        std::fs::write(p, stats::json(&header, &all))
             .map_err(|e| format!("cannot write --json {}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+/// Notes for the vgpu rows.
+fn vgpu_notes(rows: &[Row], ram_ns: Option<f64>, pvm: bool) -> Vec<String> {
+    let ram = stats::fmt_value(ram_ns, Unit::Ns);
+    let mut poll = format!(
+        "vgpu poll: the guest's `test=vgpu-poll` times N × `mov eax, [BAR0 + STATUS]; dec; jnz` \
+         with kvm-clock, in two VMs. \"Register page\": vlab's default, the vgpu's register page \
+         is a read-only KVM memslot at BAR0, so the load is a memory read. \"Trapped\": the same \
+         VM with `MachineOptions::register_pages = false`; the same load at the same address \
+         exits to vlab (MMIO exit → PCI bus → vgpu `bar_read`, served from the same page), the \
+         cost of every register read without the page. Each run's MMIO exit count is checked \
+         (≥ N trapped, < N mapped). The same loop over a RAM word: {ram} per read."
+    );
+    if pvm {
+        poll.push_str(&format!(
+            " On kvm_pvm the guest kernel's loads are themselves emulated, so a page read costs \
+             what any memory read costs here ({ram}, the three emulated instructions), which \
+             caps the ratio far below what hardware virtualization gives (a load of a few ns \
+             against a user-space exit of microseconds)."
+        ));
+    }
+    let mut notes = vec![
+        poll,
+        "vgpu fill / DMA: `test=vgpu-fill` sets mode 1024×768 and submits N full-screen \
+         FILL_RECTs (command buffers of up to 340, each ending with a FENCE; the first written \
+         before the clock starts); `test=vgpu-dma` submits N UPLOAD_IMAGEs of a 1024×768 image \
+         (3 MiB) from guest RAM at 16 MiB. Bytes written / kvm-clock time from the first \
+         DOORBELL to the last fence's MSI waking the guest; MB = 10^6 bytes. The engine runs on \
+         its own host thread (`vgpu-engine`)."
+            .to_string(),
+        "vgpu interrupts/s: `test=vgpu-irq` submits N command buffers holding one FENCE each \
+         and waits for each (RING_TAIL + DOORBELL, `sti; hlt`, MSI, INT_STATUS read from the \
+         page and acknowledged, EOI): a full round trip with one interrupt in flight, not the \
+         MSI injection rate."
+            .to_string(),
+    ];
+    if let Some(f) = rows.iter().find(|r| r.key == "vgpu_exits_per_frame") {
+        notes.push(format!(
+            "vgpu exits per frame ({}): `test=vgpu-scene` in-process with the monitors and the \
+             trace on, summarised by `vlab trace`'s own code (as `vlab run --cmdline \
+             test=vgpu-scene --trace t.jsonl; vlab trace t.jsonl`): in steady state each frame \
+             costs RING_TAIL, DOORBELL and the interrupt acknowledgement (INT_STATUS); every \
+             register the driver polls (STATUS, RING_HEAD, FENCE_COMPLETED) is read from the \
+             register page without an exit.",
+            stats::fmt_value(f.vlab_median(), f.unit)
+        ));
+    }
+    notes
 }
 
 fn utc_now() -> String {

@@ -144,6 +144,7 @@ pub fn run(args: RunArgs) -> u8 {
         irqchip: true,
         pci_devices: args.devices.clone(),
         disks: args.disks.clone(),
+        register_pages: true,
     };
     let kernel = match &args.kernel {
         Some(p) => KernelSource::Path(p.clone()),

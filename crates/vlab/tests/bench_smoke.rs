@@ -20,6 +20,11 @@ fn check_table(out: &str) {
         "MMIO exit round trip",
         "start→exit",
         "peak RSS",
+        "register-page poll vs trapped read",
+        "vgpu fill rate",
+        "vgpu DMA upload",
+        "vgpu interrupts/s",
+        "exits per frame (vgpu-scene",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(&format!("| {row}"))),
@@ -42,6 +47,7 @@ fn quick_bench_prints_a_table_and_json() {
     let _ = std::fs::remove_file(&json);
     assert!(text.contains("\"key\": \"pio_exit_ns\""), "{text}");
     assert!(text.contains("\"rows\": ["), "{text}");
+    assert!(text.contains("\"key\": \"vgpu_poll_ns\""), "{text}");
 }
 
 #[test]

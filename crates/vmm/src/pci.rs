@@ -204,6 +204,8 @@ struct Memslots {
     /// in the BAR). A write there signals the eventfd inside KVM: no exit
     /// to vlab, the device thread wakes directly.
     ioevents: HashMap<(u8, usize), Vec<Doorbell>>,
+    /// Map register pages (else their BARs trap like any other).
+    register_pages: bool,
 }
 
 impl Memslots {
@@ -231,7 +233,8 @@ impl Memslots {
     fn remap(&mut self, r: &BarRemap) {
         self.move_ioevents(r);
         let key = (r.slot, r.bar);
-        let (host, size, flags, _keep) = if let Some(p) = &r.register_page {
+        let page = r.register_page.as_ref().filter(|_| self.register_pages);
+        let (host, size, flags, _keep) = if let Some(p) = page {
             (p.as_ptr() as u64, 0x1000, KVM_MEM_READONLY, Some(p.clone()))
         } else if let Some(&(host, size)) = self.ram_bars.get(&key) {
             (host, size, 0, None)
@@ -340,13 +343,16 @@ pub fn device_names(kinds: &[PciDeviceKind]) -> Vec<String> {
 
 /// Build the PCI bus with `kinds` in slots 1.., put its adapters on `buses`
 /// and assign every BAR. With `observe`, every device gets its monitor and
-/// its accesses, DMA and interrupts are recorded.
+/// its accesses, DMA and interrupts are recorded. `register_pages`: map
+/// devices' register pages read-only (see [`Memslots`]).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     kinds: &[PciDeviceKind],
     disks: &[DiskSpec],
     queues: u16,
+    register_pages: bool,
     buses: &mut Buses,
     observe: Option<&PciObserve>,
 ) -> Result<PciMachine, PciSetupError> {
@@ -363,6 +369,7 @@ pub fn build(
         by_bar: HashMap::new(),
         ram_bars: HashMap::new(),
         ioevents: HashMap::new(),
+        register_pages,
     }));
     let m = memslots.clone();
     bus.set_remap_hook(Arc::new(move |r: &BarRemap| lock(&m).remap(r)));

@@ -195,6 +195,11 @@ pub struct MachineOptions {
     pub pci_devices: Vec<PciDeviceKind>,
     /// virtio-blk disks, on the slots after the teaching devices.
     pub disks: Vec<crate::disk::DiskSpec>,
+    /// Map devices' register pages (the vgpu's BAR0) read-only into the
+    /// guest, so reads cost no exit (the default). `false` leaves every
+    /// BAR0 read trapping to the device model: `vlab bench` measures what
+    /// the page saves.
+    pub register_pages: bool,
 }
 
 impl Vm {
@@ -306,6 +311,7 @@ impl Vm {
                 &opts.pci_devices,
                 &opts.disks,
                 u16::from(opts.cpus).min(16),
+                opts.register_pages,
                 &mut buses,
                 observe.as_ref(),
             )?)

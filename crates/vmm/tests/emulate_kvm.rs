@@ -48,6 +48,7 @@ fn run_long_mode(
         cpus: 1,
         mem_size: 64 << 20,
         irqchip: true,
+        register_pages: true,
     };
     let vm = Vm::new(&opts, Box::new(std::io::sink()))
         .unwrap_or_else(|e| panic!("this test needs a usable /dev/kvm: {e}"));

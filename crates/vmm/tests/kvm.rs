@@ -39,6 +39,7 @@ fn machine(irqchip: bool) -> Vm {
         cpus: 1,
         mem_size: 64 << 20,
         irqchip,
+        register_pages: true,
     };
     Vm::new(&opts, Box::new(std::io::sink()))
         .unwrap_or_else(|e| panic!("this test needs a usable /dev/kvm: {e}"))
@@ -216,6 +217,7 @@ fn register_page_reads_cost_no_exit_and_writes_reach_the_model() {
         cpus: 1,
         mem_size: 64 << 20,
         irqchip: true,
+        register_pages: true,
     };
     let vm = Vm::new(&opts, Box::new(std::io::sink()))
         .unwrap_or_else(|e| panic!("this test needs a usable /dev/kvm: {e}"));

@@ -52,6 +52,31 @@ pub fn parse_loop_line(out: &str) -> Option<(u64, u64)> {
     })
 }
 
+/// The `key=value` fields of the guest's first `vlab-guest: <head> ...`
+/// line (`head` is the first word: `vgpu-fill`, ...).
+pub struct Fields<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Fields<'a> {
+    /// Find the line.
+    pub fn find(out: &'a str, head: &str) -> Option<Fields<'a>> {
+        out.lines().find_map(|l| {
+            let rest = l.trim().strip_prefix("vlab-guest: ")?;
+            let mut words = rest.split_whitespace();
+            if words.next()? != head {
+                return None;
+            }
+            Some(Fields(words.filter_map(|w| w.split_once('=')).collect()))
+        })
+    }
+    /// A decimal field.
+    pub fn u64(&self, key: &str) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+}
+
 /// How a row's values are shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -61,6 +86,23 @@ pub enum Unit {
     NsAsMs,
     /// KiB, shown as MiB.
     KibAsMib,
+    /// Megabytes (10^6 bytes) per second.
+    MBps,
+    /// Events per second.
+    PerSec,
+    /// A plain count, one decimal.
+    Count,
+}
+
+/// What a row must reach.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// vlab / peer must not exceed this.
+    AtMost(f64),
+    /// peer / vlab must reach this: vlab is that many times cheaper.
+    CheaperBy(f64),
+    /// vlab's own figure: no peer, no ratio, no target.
+    None,
 }
 
 /// Format a value in `unit` (`n/a` when missing).
@@ -71,6 +113,9 @@ pub fn fmt_value(v: Option<f64>, unit: Unit) -> String {
             Unit::Ns => format!("{v:.0} ns"),
             Unit::NsAsMs => format!("{:.1} ms", v / 1e6),
             Unit::KibAsMib => format!("{:.1} MiB", v / 1024.0),
+            Unit::MBps => format!("{v:.0} MB/s"),
+            Unit::PerSec => format!("{v:.0}/s"),
+            Unit::Count => format!("{v:.1}"),
         },
     }
 }
@@ -90,9 +135,12 @@ pub struct Row {
     pub peer_runs: Vec<f64>,
     /// How the values are shown.
     pub unit: Unit,
-    /// The ratio vlab/peer must not exceed.
-    pub target: f64,
+    /// What the ratio must reach.
+    pub target: Target,
 }
+
+/// The peer column of a row with [`Target::None`].
+pub const VLAB_ONLY: &str = "n/a (vlab only)";
 
 impl Row {
     /// vlab's median.
@@ -103,16 +151,46 @@ impl Row {
     pub fn peer_median(&self) -> Option<f64> {
         median(&self.peer_runs)
     }
-    /// Median ratio.
+    /// Median ratio: vlab/peer for [`Target::AtMost`], peer/vlab for
+    /// [`Target::CheaperBy`], none without a target.
     pub fn ratio(&self) -> Option<f64> {
-        ratio(self.vlab_median(), self.peer_median())
+        match self.target {
+            Target::AtMost(_) => ratio(self.vlab_median(), self.peer_median()),
+            Target::CheaperBy(_) => ratio(self.peer_median(), self.vlab_median()),
+            Target::None => None,
+        }
     }
-    /// `yes`/`no`/`n/a`.
+    /// `yes`/`no`/`n/a` (`—` without a target).
     pub fn met(&self) -> &'static str {
-        match self.ratio() {
-            Some(r) if r <= self.target => "yes",
-            Some(_) => "no",
-            None => "n/a",
+        match (self.target, self.ratio()) {
+            (Target::None, _) => "—",
+            (Target::AtMost(t), Some(r)) if r <= t => "yes",
+            (Target::CheaperBy(t), Some(r)) if r >= t => "yes",
+            (_, Some(_)) => "no",
+            (_, None) => "n/a",
+        }
+    }
+    fn ratio_text(&self) -> String {
+        match self.target {
+            Target::AtMost(_) => fmt_ratio(self.ratio()),
+            Target::CheaperBy(_) => match self.ratio() {
+                Some(r) => format!("{r:.1}× cheaper"),
+                None => "n/a".to_string(),
+            },
+            Target::None => "—".to_string(),
+        }
+    }
+    fn target_text(&self) -> String {
+        match self.target {
+            Target::AtMost(t) => format!("≤ {t:.2}×"),
+            Target::CheaperBy(t) => format!("≥ {t:.0}×"),
+            Target::None => "—".to_string(),
+        }
+    }
+    fn peer_text(&self) -> String {
+        match self.target {
+            Target::None if self.peer_runs.is_empty() => VLAB_ONLY.to_string(),
+            _ => fmt_value(self.peer_median(), self.unit),
         }
     }
 }
@@ -125,12 +203,12 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | ≤ {:.2}× | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.metric,
             fmt_value(r.vlab_median(), r.unit),
-            fmt_value(r.peer_median(), r.unit),
-            fmt_ratio(r.ratio()),
-            r.target,
+            r.peer_text(),
+            r.ratio_text(),
+            r.target_text(),
             r.met()
         );
     }
@@ -177,12 +255,20 @@ pub fn json(header: &[(&str, String)], rows: &[Row]) -> String {
         let unit = match r.unit {
             Unit::Ns | Unit::NsAsMs => "ns",
             Unit::KibAsMib => "KiB",
+            Unit::MBps => "MB/s",
+            Unit::PerSec => "1/s",
+            Unit::Count => "count",
+        };
+        let (target, kind) = match r.target {
+            Target::AtMost(t) => (Some(t), "vlab/peer at most"),
+            Target::CheaperBy(t) => (Some(t), "peer/vlab at least"),
+            Target::None => (None, "none"),
         };
         let _ = write!(
             s,
             "    {{\"key\": {}, \"metric\": {}, \"peer\": {}, \"unit\": {}, \
              \"vlab_median\": {}, \"peer_median\": {}, \"ratio\": {}, \"target\": {}, \
-             \"vlab_runs\": {}, \"peer_runs\": {}}}",
+             \"target_kind\": {}, \"vlab_runs\": {}, \"peer_runs\": {}}}",
             json_str(r.key),
             json_str(&r.metric),
             json_str(r.peer),
@@ -190,7 +276,8 @@ pub fn json(header: &[(&str, String)], rows: &[Row]) -> String {
             json_num(r.vlab_median()),
             json_num(r.peer_median()),
             json_num(r.ratio()),
-            json_num(Some(r.target)),
+            json_num(target),
+            json_str(kind),
             json_list(&r.vlab),
             json_list(&r.peer_runs),
         );
@@ -261,6 +348,24 @@ mod tests {
     }
 
     #[test]
+    fn guest_fields_are_found_by_the_first_word() {
+        let out = "vlab-guest: vlab guest kernel 0.1.0 cmdline=\"test=vgpu-fill n=2\"\n\
+                   vlab-guest: vgpu-fill n=2 w=1024 h=768 pixels=1572864 ns=1234 irqs=1\r\n";
+        let f = Fields::find(out, "vgpu-fill").unwrap();
+        assert_eq!(f.u64("n"), Some(2));
+        assert_eq!(f.u64("pixels"), Some(1_572_864));
+        assert_eq!(f.u64("irqs"), Some(1));
+        assert_eq!(f.u64("bytes"), None);
+        assert!(Fields::find(out, "vgpu-dma").is_none());
+        assert!(
+            Fields::find("vlab-guest: vgpu-poll status=0x4\n", "vgpu-poll")
+                .unwrap()
+                .u64("status")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn table_rows_show_medians_ratio_and_verdict() {
         let rows = [
             Row {
@@ -270,7 +375,7 @@ mod tests {
                 vlab: vec![110.0, 100.0, 105.0],
                 peer_runs: vec![100.0, 100.0, 100.0],
                 unit: Unit::Ns,
-                target: 1.10,
+                target: Target::AtMost(1.10),
             },
             Row {
                 metric: "boot".into(),
@@ -279,7 +384,25 @@ mod tests {
                 vlab: vec![30e6],
                 peer_runs: vec![],
                 unit: Unit::NsAsMs,
-                target: 0.3,
+                target: Target::AtMost(0.3),
+            },
+            Row {
+                metric: "poll".into(),
+                key: "poll",
+                peer: "trapped",
+                vlab: vec![2.0, 2.0, 3.0],
+                peer_runs: vec![120.0, 110.0, 100.0],
+                unit: Unit::Ns,
+                target: Target::CheaperBy(50.0),
+            },
+            Row {
+                metric: "fill".into(),
+                key: "fill",
+                peer: VLAB_ONLY,
+                vlab: vec![1500.0],
+                peer_runs: vec![],
+                unit: Unit::MBps,
+                target: Target::None,
             },
         ];
         let t = table(&rows);
@@ -289,6 +412,14 @@ mod tests {
         );
         assert!(
             t.contains("| boot | 30.0 ms | n/a | n/a | ≤ 0.30× | n/a |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| poll | 2 ns | 110 ns | 55.0× cheaper | ≥ 50× | yes |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| fill | 1500 MB/s | n/a (vlab only) | — | — | — |"),
             "{t}"
         );
         let j = json(&[("host", "a \"b\"".into())], &rows);
