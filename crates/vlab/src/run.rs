@@ -306,6 +306,7 @@ fn summary(h: &VmHandles, started: Instant) {
         ("popcnt", &e.popcnt),
         ("clac/stac", &e.ac_flag),
         ("fwait", &e.fwait),
+        ("ldmxcsr/stmxcsr", &e.mxcsr),
         ("faults injected", &e.faults),
     ];
     let done: Vec<String> = counts

@@ -31,6 +31,19 @@ impl VcpuMemory<'_> {
     }
 }
 
+impl VcpuMemory<'_> {
+    /// Write `buf` at `linear` (within one page).
+    fn write_small(&self, linear: u64, buf: &[u8]) -> Result<(), EmulateError> {
+        let p = self.phys(linear, true)?;
+        if (linear & 0xfff) as usize + buf.len() > 0x1000 {
+            return Err(EmulateError::Unsupported("operand crosses a page".into()));
+        }
+        self.mem
+            .write_slice(buf, GuestAddress(p))
+            .map_err(|_| EmulateError::NotRam(p))
+    }
+}
+
 impl LinearMemory for VcpuMemory<'_> {
     fn read(&self, linear: u64, buf: &mut [u8]) -> Result<(), EmulateError> {
         let mut done = 0usize;
@@ -158,6 +171,32 @@ pub fn complete(fd: &VcpuFd, mem: &GuestMemoryMmap) -> Result<Outcome, EmulateEr
                     error_code: None,
                 },
             )?;
+            Outcome::Done(kind)
+        }
+        Plan::Ldmxcsr { linear, next_rip } => {
+            let mut b = [0u8; 4];
+            vmem.read(linear, &mut b)?;
+            let value = u32::from_le_bytes(b);
+            match ldmxcsr_fault(value) {
+                Some(f) => {
+                    inject_exception(fd, f)?;
+                    Outcome::Faulted(kind, f)
+                }
+                None => {
+                    let mut fpu = fd.get_fpu().map_err(kvm_err("get FPU"))?;
+                    fpu.mxcsr = value;
+                    fd.set_fpu(&fpu).map_err(kvm_err("set FPU"))?;
+                    regs.rip = next_rip;
+                    fd.set_regs(&regs).map_err(kvm_err("set registers"))?;
+                    Outcome::Done(kind)
+                }
+            }
+        }
+        Plan::Stmxcsr { linear, next_rip } => {
+            let fpu = fd.get_fpu().map_err(kvm_err("get FPU"))?;
+            vmem.write_small(linear, &fpu.mxcsr.to_le_bytes())?;
+            regs.rip = next_rip;
+            fd.set_regs(&regs).map_err(kvm_err("set registers"))?;
             Outcome::Done(kind)
         }
         Plan::Fwait { next_rip } => {

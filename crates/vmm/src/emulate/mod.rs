@@ -79,6 +79,8 @@ pub enum Kind {
     AcFlag,
     /// `fwait`/`wait`.
     Fwait,
+    /// `ldmxcsr`/`stmxcsr` (and their VEX forms).
+    Mxcsr,
 }
 
 /// How many instructions vlab completed, per kind, in one VM (kept in the
@@ -97,6 +99,8 @@ pub struct EmulationStats {
     pub ac_flag: AtomicU64,
     /// `fwait` completed.
     pub fwait: AtomicU64,
+    /// `ldmxcsr`/`stmxcsr` completed.
+    pub mxcsr: AtomicU64,
     /// Faults injected instead (any kind).
     pub faults: AtomicU64,
 }
@@ -111,6 +115,7 @@ impl EmulationStats {
             Outcome::Done(Kind::Popcnt) => &self.popcnt,
             Outcome::Done(Kind::AcFlag) => &self.ac_flag,
             Outcome::Done(Kind::Fwait) => &self.fwait,
+            Outcome::Done(Kind::Mxcsr) => &self.mxcsr,
             Outcome::Faulted(..) => &self.faults,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +192,20 @@ pub enum Plan {
     },
     /// `fwait`: raise a pending x87 exception or go on.
     Fwait {
+        /// Address of the next instruction.
+        next_rip: u64,
+    },
+    /// `ldmxcsr m32`: load MXCSR from `linear`.
+    Ldmxcsr {
+        /// Linear address of the operand.
+        linear: u64,
+        /// Address of the next instruction.
+        next_rip: u64,
+    },
+    /// `stmxcsr m32`: store MXCSR at `linear`.
+    Stmxcsr {
+        /// Linear address of the operand.
+        linear: u64,
         /// Address of the next instruction.
         next_rip: u64,
     },
@@ -365,6 +384,20 @@ pub fn plan(
         // KVM only exits here from kernel code (CPL 0), where clac/stac
         // are valid when the guest's CPUID has SMAP, as the kernel checked.
         Code::Wait => Ok((Kind::Fwait, Plan::Fwait { next_rip })),
+        Code::Ldmxcsr_m32 | Code::VEX_Vldmxcsr_m32 => Ok((
+            Kind::Mxcsr,
+            Plan::Ldmxcsr {
+                linear: ea()?,
+                next_rip,
+            },
+        )),
+        Code::Stmxcsr_m32 | Code::VEX_Vstmxcsr_m32 => Ok((
+            Kind::Mxcsr,
+            Plan::Stmxcsr {
+                linear: ea()?,
+                next_rip,
+            },
+        )),
         Code::Clac | Code::Stac => Ok((
             Kind::AcFlag,
             Plan::AcFlag {
@@ -386,6 +419,12 @@ const FSW_ES: u16 = 1 << 7;
 /// #NM and #MF.
 const NM_VECTOR: u8 = 7;
 const MF_VECTOR: u8 = 16;
+
+/// `ldmxcsr` of `value`: #GP(0) if it sets a reserved bit (SDM: bits
+/// outside MXCSR_MASK; vlab uses the architectural default mask).
+pub fn ldmxcsr_fault(value: u32) -> Option<Fault> {
+    (value & !MXCSR_MASK_DEFAULT != 0).then_some(Fault::GP0)
+}
 
 /// What `fwait` does (SDM: WAIT/FWAIT): #NM when CR0.MP and CR0.TS are
 /// both set, #MF when an unmasked x87 exception is pending, else nothing.

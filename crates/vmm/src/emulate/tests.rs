@@ -613,3 +613,37 @@ fn popcnt_counts_bits_sets_zf_and_clears_the_other_flags() {
     assert_eq!(regs.rdx, 0xaaaa_bbbb_cccc_0003);
     assert_eq!(regs.rflags & RFLAGS_ZF, 0);
 }
+
+#[test]
+fn ldmxcsr_and_stmxcsr_decode_with_their_operand_and_check_reserved_bits() {
+    let regs = kvm_regs {
+        rip: 0x1000,
+        rsp: 0x8000,
+        ..Default::default()
+    };
+    let mut sregs = kvm_sregs::default();
+    sregs.cs.l = 1;
+    sregs.efer = 0x500;
+    sregs.cr0 = 0x8000_0011;
+    // ldmxcsr [rsp+4]
+    let (kind, p) = plan(&[0x0f, 0xae, 0x54, 0x24, 0x04], &regs, &sregs).unwrap();
+    assert_eq!(kind, Kind::Mxcsr);
+    assert_eq!(
+        p,
+        Plan::Ldmxcsr {
+            linear: 0x8004,
+            next_rip: 0x1005
+        }
+    );
+    // stmxcsr [rsp]
+    let (_, p2) = plan(&[0x0f, 0xae, 0x1c, 0x24], &regs, &sregs).unwrap();
+    assert_eq!(
+        p2,
+        Plan::Stmxcsr {
+            linear: 0x8000,
+            next_rip: 0x1004
+        }
+    );
+    assert_eq!(ldmxcsr_fault(0x1f80), None);
+    assert_eq!(ldmxcsr_fault(0x1f80 | 1 << 16), Some(Fault::GP0));
+}
