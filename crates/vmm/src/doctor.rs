@@ -88,8 +88,8 @@ impl Report {
     pub fn limitations(&self) -> Vec<String> {
         let mut v = Vec::new();
         if self.flavour == KvmFlavour::Pvm {
-            v.push("guest kernel code is emulated (~1-2 M instructions/s): vlab's own guest boots in well under a second, but a stock Linux kernel takes ~30 s to its first message and does not reach user space; the Linux full-boot tests do not run here".into());
-            v.push("KVM's emulator fails on cmpxchg16b, xrstor and int3 here: vlab completes those in user space".into());
+            v.push("guest kernel code is emulated (~1-2 M instructions/s): vlab's own guest boots in well under a second, but a stock Linux vmlinux takes ~10-30 s to its first message and stops before user space (a bzImage's decompressor alone runs for many minutes); the Linux full-boot tests do not run here".into());
+            v.push("KVM's emulator fails on int3, cmpxchg16b, xrstor, popcnt, clac/stac, fwait, ldmxcsr/stmxcsr and SSE/AVX arithmetic here: vlab completes all but the last in user space (docs/linux.md)".into());
         }
         for c in &self.caps {
             if !c.present && !c.required {
