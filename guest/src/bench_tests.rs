@@ -5,10 +5,13 @@
 //! floating point in the guest).
 //!
 //! * `vgpu-poll n=N`: N reads of STATUS (a plain load from BAR0) and N
-//!   reads of a RAM word, with the same three-instruction loop. Whether the
-//!   STATUS loads hit the read-only register page or trap to vlab is the
-//!   VMM's choice (`MachineOptions::register_pages`): `vlab bench` runs the
-//!   test both ways.
+//!   reads of a RAM word, with the same three-instruction loop, first in
+//!   ring 0, then in ring 3 (`usermode.rs`: the register page mapped into
+//!   the user window, as a driver's user-space half polls it; on kvm_pvm
+//!   only ring 3 runs natively). Whether the STATUS loads hit the
+//!   read-only register page or trap to vlab is the VMM's choice
+//!   (`MachineOptions::register_pages`): `vlab bench` runs the test both
+//!   ways.
 //! * `vgpu-fill n=N w=W h=H`: mode W×H, N FILL_RECTs of the whole screen
 //!   encoded up front, submitted, then `sti; hlt` until the last fence.
 //! * `vgpu-dma n=N size=BYTES`: the same with N UPLOAD_IMAGEs of BYTES
@@ -20,7 +23,7 @@
 use crate::irq::IrqMode;
 use crate::tests::Machine;
 use crate::vgpu::{self, Vgpu};
-use crate::{kvmclock, log};
+use crate::{kvmclock, log, usermode};
 use core::sync::atomic::AtomicU32;
 
 /// Largest mode (datasheet §2).
@@ -86,9 +89,9 @@ fn read_loop(addr: u64, n: u64) -> u64 {
     kvmclock::now_ns().wrapping_sub(t0)
 }
 
-/// `test=vgpu-poll [n=10000]`.
+/// `test=vgpu-poll [n=10000]`: the loops in ring 0, then in ring 3.
 pub fn vgpu_poll(m: &mut Machine) -> u8 {
-    let n = m.param_u64("n", 10_000);
+    let n = m.param_u64("n", 10_000).max(1);
     let Some(g) = probe(m, "vgpu-poll") else {
         return 1;
     };
@@ -97,11 +100,33 @@ pub fn vgpu_poll(m: &mut Machine) -> u8 {
     let status_ns = read_loop(status_addr, n);
     let ram_ns = read_loop(ram_addr, n);
     log!(
-        "vgpu-poll n={} status_ns={} ram_ns={} status={:#x}",
+        "vgpu-poll mode=kernel n={} status_ns={} ram_ns={} status={:#x}",
         n,
         status_ns,
         ram_ns,
         g.read(vgpu::REG_STATUS)
+    );
+    // The same loop in ring 3, the register page mapped into the user
+    // window (read-only, uncached) and a RAM word on the user data page.
+    usermode::init();
+    let user_status = usermode::map_device_page(status_addr);
+    let user_ram = usermode::set_ram_word(0x5a5a_5a5a);
+    let t0 = kvmclock::now_ns();
+    let s = usermode::poll(user_status, n);
+    let trip_ns = kvmclock::now_ns().wrapping_sub(t0);
+    let (Some(s), Some(r)) = (s, usermode::poll(user_ram, n)) else {
+        log!("FAIL vgpu-poll: ring 3 did not end at its ud2");
+        return 1;
+    };
+    log!(
+        "vgpu-poll mode=user n={} status_ns={} ram_ns={} status={:#x} status_ticks={} ram_ticks={} status_trip_ns={}",
+        n,
+        kvmclock::tsc_to_ns(s.ticks),
+        kvmclock::tsc_to_ns(r.ticks),
+        s.value,
+        s.ticks,
+        r.ticks,
+        trip_ns
     );
     0
 }

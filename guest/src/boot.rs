@@ -39,8 +39,14 @@ pub const STACK_SIZE: usize = 16 * 1024;
 
 /// GDT selector of the 64-bit kernel code segment.
 pub const KERNEL_CS: u16 = 0x08;
+/// GDT selector of the kernel data segment.
+pub const KERNEL_DS: u16 = 0x10;
+/// GDT selector (RPL 3) of the user data segment (DPL 3).
+pub const USER_DS: u16 = 0x20 | 3;
+/// GDT selector (RPL 3) of the 64-bit user code segment (DPL 3).
+pub const USER_CS: u16 = 0x28 | 3;
 /// GDT index of the first TSS descriptor (each TSS takes two slots).
-pub const FIRST_TSS_SLOT: usize = 4;
+pub const FIRST_TSS_SLOT: usize = 6;
 /// Number of GDT entries.
 pub const GDT_LEN: usize = FIRST_TSS_SLOT + 2 * MAX_CPUS;
 
@@ -49,7 +55,10 @@ pub const GDT_LEN: usize = FIRST_TSS_SLOT + 2 * MAX_CPUS;
 pub struct PageTable(pub RacyCell<[u64; 512]>);
 
 /// The global descriptor table: null, code64 (0x08), data (0x10),
-/// code32 (0x18, AP trampoline), then one 16-byte TSS descriptor per CPU.
+/// code32 (0x18, AP trampoline), user data (0x20, DPL 3), user code64
+/// (0x28, DPL 3; ring-3 excursions, [`crate::usermode`]), then one
+/// 16-byte TSS descriptor per CPU. The user pair is in the order `sysret`
+/// expects (data, then code), should `syscall` ever be used.
 #[repr(C, align(16))]
 pub struct Gdt(pub RacyCell<[u64; GDT_LEN]>);
 
@@ -70,6 +79,8 @@ const fn gdt_init() -> [u64; GDT_LEN] {
     g[1] = 0x00af_9a00_0000_ffff; // 64-bit code, DPL 0
     g[2] = 0x00cf_9200_0000_ffff; // flat data
     g[3] = 0x00cf_9a00_0000_ffff; // 32-bit code
+    g[4] = 0x00cf_f200_0000_ffff; // flat data, DPL 3
+    g[5] = 0x00af_fa00_0000_ffff; // 64-bit code, DPL 3
     g
 }
 

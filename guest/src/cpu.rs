@@ -7,6 +7,8 @@
 //! (timer, spurious) run on IST1 in tiny asm handlers; exceptions run on
 //! IST2 and call [`exception_handler`], which reports and ends the VM.
 //! Vectors without a gate raise #NP (11), which is reported the same way.
+//! An exception in ring 3 ([`crate::usermode`]) is delivered the same way
+//! (IST2) and reported too, except #UD, which ends a ring-3 excursion.
 //!
 //! Device interrupts (vectors [`DEVICE_VECTOR_BASE`]..+[`DEVICE_VECTORS`])
 //! only count: the stub increments [`DEVICE_IRQS`]`[v - base]` and returns
@@ -66,7 +68,8 @@ impl PerCpu {
 /// All CPUs' per-CPU blocks.
 pub static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
 
-/// 64-bit TSS: only the IST pointers are used.
+/// 64-bit TSS: the IST pointers and RSP0 (ring-3 excursions,
+/// [`crate::usermode`]).
 #[repr(C, packed(4))]
 struct Tss {
     _reserved0: u32,
@@ -239,6 +242,20 @@ fn gate(handler: u64, ist: u64) -> (u64, u64) {
     (low, handler >> 32)
 }
 
+/// Replace the gate of `vector` (DPL 0, stack IST`ist`). BSP only, while
+/// the APs are not running ([`crate::usermode`] hooks #UD).
+pub fn set_gate(vector: u8, handler: u64, ist: u64) {
+    let (lo, hi) = gate(handler, ist);
+    let idt = IDT.0.get();
+    let v = usize::from(vector);
+    // SAFETY: one 16-byte IDT entry, written by the BSP alone; the CPU
+    // reads it only when the vector is raised.
+    unsafe {
+        (*idt)[2 * v] = lo;
+        (*idt)[2 * v + 1] = hi;
+    }
+}
+
 /// Build the shared IDT. Called once by the BSP before any CPU loads it.
 pub fn init_idt() {
     let idt = IDT.0.get();
@@ -279,6 +296,10 @@ pub fn init_this_cpu(index: usize, apic_id: u32) {
     unsafe {
         (*tss).ist[0] = stacks + offset_of!(IstStacks, ist1) as u64 + IST1_SIZE as u64;
         (*tss).ist[1] = stacks + offset_of!(IstStacks, ist2) as u64 + IST2_SIZE as u64;
+        // RSP0: where a ring-3 -> ring-0 transition through a gate without
+        // IST would switch to. Every gate has an IST (exceptions from user
+        // mode land on IST2), so this is a backstop: the top of IST2.
+        (*tss).rsp[0] = (*tss).ist[1];
         (*tss).iomap_base = core::mem::size_of::<Tss>() as u16;
     }
     let base = tss as u64;

@@ -122,3 +122,28 @@ pub fn now_ns() -> u64 {
         return sys.wrapping_add(((u128::from(delta) * u128::from(mul)) >> 32) as u64);
     }
 }
+
+/// Convert a TSC difference measured on this CPU to nanoseconds with the
+/// current pvclock scale (`tsc_to_system_mul`, `tsc_shift`); 0 without
+/// kvm-clock. For intervals timed with `rdtsc` where reading kvm-clock is
+/// not possible (ring 3, [`crate::usermode`]).
+pub fn tsc_to_ns(delta: u64) -> u64 {
+    if !available() {
+        return 0;
+    }
+    let p = PVCLOCK[current_index()].get();
+    // SAFETY: this CPU's static record, read volatile (the hypervisor may
+    // update it; mul and shift stay consistent enough for a benchmark).
+    let (mul, shift) = unsafe {
+        (
+            read_volatile(addr_of!((*p).tsc_to_system_mul)),
+            read_volatile(addr_of!((*p).tsc_shift)),
+        )
+    };
+    let d = if shift >= 0 {
+        u128::from(delta) << shift
+    } else {
+        u128::from(delta >> -shift)
+    };
+    ((d * u128::from(mul)) >> 32) as u64
+}

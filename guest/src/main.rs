@@ -5,8 +5,9 @@
 //! command line (see `tests.rs` and docs/guest.md) and ends the VM by
 //! writing the exit status to the debug-exit port 0xf4.
 //!
-//! Everything runs in ring 0 on identity-mapped memory; see `boot.rs` for
-//! the entry path and memory layout.
+//! Everything runs in ring 0 on identity-mapped memory (except the short
+//! ring-3 excursions of `usermode.rs`); see `boot.rs` for the entry path
+//! and memory layout.
 
 #![no_std]
 #![no_main]
@@ -34,6 +35,7 @@ mod smp;
 mod start_info;
 mod sync;
 mod tests;
+mod usermode;
 mod vgpu;
 mod virtio;
 mod virtio_blk;

@@ -16,10 +16,19 @@
 //!   pool (up to [`HIGH_PD_POOL`] GiB above 4 GiB), 512 stores per GiB.
 //!   Page directories are filled completely, so the pool needs no zeroing
 //!   (mapping addresses past the end of RAM is harmless).
+//!
+//! **User window.** Everything above is supervisor-only (U/S = 0 at the
+//! PML4 entry already). The only user-accessible addresses are the 2 MiB
+//! window at [`USER_BASE`] (PML4 entry 1: 512 GiB, outside the identity
+//! map): one PDPT, one page directory, one page table of 4 KiB pages, all
+//! with U/S = 1, filled by [`map_user`] with the few pages a ring-3
+//! excursion needs ([`crate::usermode`]): its code (read-only), its
+//! stack/data page, a device register page (read-only, uncached).
 
-use crate::boot::{PageTable, PD, PDPT};
+use crate::boot::{PageTable, PD, PDPT, PML4};
 use crate::io::cpuid;
 use crate::sync::RacyCell;
+use core::arch::asm;
 
 const GIB: u64 = 1 << 30;
 const MIB2: u64 = 2 << 20;
@@ -120,4 +129,44 @@ pub fn map_ram(ram_end: u64) -> u64 {
         }
     }
     have as u64 * GIB
+}
+
+/// First address of the user window (PML4 entry 1).
+pub const USER_BASE: u64 = 512 * GIB;
+/// 4 KiB pages in the user window (one page table).
+pub const USER_PAGES: usize = 512;
+
+/// Page-table bits: present, writable, user.
+const P: u64 = 1;
+const RW: u64 = 2;
+const US: u64 = 4;
+
+static USER_PDPT: PageTable = PageTable(RacyCell::new([0; 512]));
+static USER_PD: PageTable = PageTable(RacyCell::new([0; 512]));
+static USER_PT: PageTable = PageTable(RacyCell::new([0; 512]));
+
+/// Map the 4 KiB page at `paddr` (page aligned) user-accessible at
+/// `USER_BASE + slot * 4096`, read-only unless `writable`, uncached for a
+/// device page; returns that address. Replaces what the slot mapped
+/// before (with `invlpg`). The table chain is linked on first use. BSP
+/// only; the user window is private to [`crate::usermode`].
+pub fn map_user(slot: usize, paddr: u64, writable: bool, uncached: bool) -> u64 {
+    assert!(slot < USER_PAGES && paddr.is_multiple_of(4096));
+    let va = USER_BASE + slot as u64 * 4096;
+    let pte = paddr | P | US | if writable { RW } else { 0 } | if uncached { UNCACHED } else { 0 };
+    // SAFETY: the three user tables are used only here, on the BSP;
+    // PML4 entry 1 is not used by the identity map (which ends at 512
+    // GiB). The entries only point at the static user tables or at the
+    // page the caller hands over, and `invlpg` drops a stale translation.
+    unsafe {
+        let pml4 = PML4.0.get();
+        if (*pml4)[1] == 0 {
+            (*USER_PD.0.get())[0] = USER_PT.0.get() as u64 | P | RW | US;
+            (*USER_PDPT.0.get())[0] = USER_PD.0.get() as u64 | P | RW | US;
+            (*pml4)[1] = USER_PDPT.0.get() as u64 | P | RW | US;
+        }
+        (*USER_PT.0.get())[slot] = pte;
+        asm!("invlpg [{0}]", in(reg) va, options(nostack, preserves_flags));
+    }
+    va
 }

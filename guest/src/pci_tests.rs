@@ -354,25 +354,47 @@ fn bug_wrong_width(g: &mut Vgpu) -> Result<(), Error> {
 fn bug_mode_while_busy(m: &Machine, g: &mut Vgpu) -> Result<(), Error> {
     const W: u32 = 640;
     const H: u32 = 480;
+    /// Descriptors per attempt: the engine holds the device lock for one
+    /// descriptor at a time, so the mode write lands between two of them
+    /// while later ones are still outstanding.
+    const DESCRIPTORS: u32 = 6;
+    const ATTEMPTS: u32 = 12;
     g.start(m, W, H, Some(IrqMode::Msi))?;
-    // 16 full-screen fills, ~20 MB: milliseconds of engine work (the
-    // mode write follows the doorbell within tens of microseconds). More
-    // would stall the acknowledge below: the engine holds the device lock
-    // for a whole descriptor.
-    let mut b = g.begin();
-    for i in 0..16u32 {
-        b.fill(0, 0, W, H, i.wrapping_mul(0x0001_0203));
-    }
-    let v = g.next_fence();
-    b.fence(v);
-    g.submit(b)?;
-    // No log line in between: printing takes milliseconds.
-    let status = g.read(vgpu::REG_STATUS);
-    g.write(vgpu::REG_MODE_WIDTH, 320);
-    let err = g.error();
+    let mut attempt = 0;
+    let (status, err, v) = loop {
+        attempt += 1;
+        let mut v = 0;
+        for d in 0..DESCRIPTORS {
+            let mut b = g.begin();
+            for i in 0..4u32 {
+                b.fill(0, 0, W, H, (d * 4 + i).wrapping_mul(0x0001_0203));
+            }
+            if d == DESCRIPTORS - 1 {
+                v = g.next_fence();
+                b.fence(v);
+            }
+            g.submit(b)?;
+        }
+        // No log line in between: printing takes milliseconds.
+        let status = g.read(vgpu::REG_STATUS);
+        g.write(vgpu::REG_MODE_WIDTH, 320);
+        let err = g.error();
+        let refused = g.read(vgpu::REG_MODE_WIDTH) == W;
+        if (status & vgpu::STATUS_ENGINE_BUSY != 0 && refused) || attempt == ATTEMPTS {
+            break (status, err, v);
+        }
+        // The engine drained the ring before the write reached it (the
+        // write was then legal and took effect): restore the mode once
+        // idle and try again.
+        g.wait_fence(v)?;
+        g.wait_idle()?;
+        g.write(vgpu::REG_MODE_WIDTH, W);
+    };
     log!(
-        "vgpu-bug mode-while-busy: 16 full-screen fills submitted (STATUS={:#x}), then MODE_WIDTH=320",
-        status
+        "vgpu-bug mode-while-busy: {} descriptors of full-screen fills submitted (STATUS={:#x}, attempt {}), then MODE_WIDTH=320",
+        DESCRIPTORS,
+        status,
+        attempt
     );
     if status & vgpu::STATUS_ENGINE_BUSY == 0 {
         return Err(Error::Other("the engine finished before the mode write"));

@@ -118,7 +118,8 @@ fn no_monitors_means_no_reports() {
 
 /// The correct driver: no violation, with MSI and INTx, and the trace's
 /// summary has the expected per-register counts: each frame is RING_TAIL,
-/// DOORBELL and the interrupt acknowledgement (INT_STATUS) — 3 exits.
+/// DOORBELL and the interrupt acknowledgement (INT_STATUS) — 3 exits with
+/// MSI; with INTx two fences may share one acknowledgement.
 #[test]
 fn scene_trace_has_zero_violations_and_three_exits_per_frame() {
     for irq in ["msi", "intx"] {
@@ -156,13 +157,27 @@ fn scene_trace_has_zero_violations_and_three_exits_per_frame() {
         // reads, writes, exits
         assert_eq!(row("BAR0 DOORBELL"), vec![0, fences, fences], "{sum}");
         assert_eq!(row("BAR0 RING_TAIL"), vec![0, fences, fences], "{sum}");
-        assert_eq!(row("BAR0 INT_STATUS"), vec![0, fences, fences], "{sum}");
+        let acks = row("BAR0 INT_STATUS");
+        if irq == "msi" {
+            // One message per fence, each acknowledged.
+            assert_eq!(acks, vec![0, fences, fences], "{sum}");
+        } else {
+            // A level-triggered line may carry two fences in one assertion
+            // (the handler acknowledges every bit it reads): at most one
+            // acknowledgement per fence, at least one.
+            assert!(acks[0] == 0 && (1..=fences).contains(&acks[1]), "{sum}");
+            assert_eq!(acks[1], acks[2], "{sum}");
+        }
         // The register page: STATUS, RING_HEAD, FENCE_COMPLETED are polled
         // without a single exit.
         for polled in ["BAR0 STATUS ", "BAR0 RING_HEAD", "BAR0 FENCE_COMPLETED"] {
             assert!(!sum.contains(polled), "{polled} trapped:\n{sum}");
         }
-        assert!(sum.contains("exits per frame: 3.0"), "{sum}");
+        if irq == "msi" {
+            assert!(sum.contains("exits per frame: 3.0"), "{sum}");
+        } else {
+            assert!(sum.contains("exits per frame: "), "{sum}");
+        }
         assert!(sum.contains("VM exits to vlab (all devices)"), "{sum}");
     }
 }

@@ -189,9 +189,15 @@ fn check_scene(irq: &str) {
     let fences: u32 = field(&done[0], "fences").unwrap().parse().unwrap();
     let irqs: u32 = field(&done[0], "irqs").unwrap().parse().unwrap();
     assert_eq!(fences, scene_fences(), "{out}");
-    // One interrupt per fence: the driver waits for each before the next
-    // (interrupts with INT_STATUS = 0 are counted as `spurious`).
-    assert_eq!(irqs, fences, "{out}");
+    // MSI: one message per fence, the driver waits for each before the
+    // next (interrupts with INT_STATUS = 0 are counted as `spurious`).
+    // INTx is a level: a fence that completes while the line is still
+    // asserted for the previous one shares its interrupt.
+    if irq == "msi" {
+        assert_eq!(irqs, fences, "{out}");
+    } else {
+        assert!((1..=fences).contains(&irqs), "{out}");
+    }
     assert!(out.contains(&format!("irq={irq}")), "{out}");
 
     let data = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}\n{out}", png.display()));
@@ -309,4 +315,29 @@ fn edu_enumerates_in_slot_1_alone() {
     let lines = guest_lines(&out, "pci 00:01.0 1234:11e8 class ff/00");
     assert_eq!(lines.len(), 1, "{out}");
     assert_eq!(field(&lines[0], "name"), Some("edu"), "{out}");
+}
+
+/// `vgpu-poll` runs its loop in ring 0 and in ring 3 (the register page
+/// mapped into the guest's user window); both read STATUS = IDLE (0x4)
+/// without an exit, the ring-3 excursion ends at its own `ud2`.
+#[test]
+fn vgpu_poll_reads_status_in_kernel_and_user_mode() {
+    let (code, out) = run(&["--device", "vgpu", "-v"], "test=vgpu-poll n=500");
+    assert_eq!(code, Some(0), "{out}");
+    for mode in ["kernel", "user"] {
+        let lines = guest_lines(&out, &format!("vgpu-poll mode={mode} "));
+        assert_eq!(lines.len(), 1, "{out}");
+        assert_eq!(field(&lines[0], "n"), Some("500"), "{out}");
+        assert_eq!(field(&lines[0], "status"), Some("0x4"), "{out}");
+        let ns: u64 = field(&lines[0], "status_ns").unwrap().parse().unwrap();
+        assert!(ns > 0, "{out}");
+    }
+    // Probe and reset only: the 2 × 500 STATUS reads hit the page.
+    let mmio: u64 = out
+        .split(" MMIO,")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exit summary in {out}"));
+    assert!(mmio < 500, "{mmio} MMIO exits: {out}");
 }

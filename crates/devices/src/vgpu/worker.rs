@@ -133,6 +133,12 @@ impl Worker {
                         for e in events {
                             sink(e);
                         }
+                        // Between descriptors, let a register access that
+                        // waits for the device lock in (a vCPU writing a
+                        // register while the engine works), as real
+                        // registers stay reachable while the engine runs.
+                        drop(d);
+                        std::thread::yield_now();
                     }
                 }
             })?;
