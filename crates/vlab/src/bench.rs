@@ -11,7 +11,10 @@
 //! - vgpu (issue 3, vlab only): register-page poll vs trapped read, fill
 //!   and DMA throughput, interrupts per second, exits per frame
 //!   ([`vgpu`]).
+//! - Disks (issue 4): virtio-blk throughput against the host and QEMU q35,
+//!   timing-model fidelity, the cost of 20 clones ([`disk`]).
 
+mod disk;
 mod raw;
 mod stats;
 mod vgpu;
@@ -417,6 +420,9 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
     raw::run(n32.min(1000), FLOOR32)?;
     vlab_boot(&exe)?;
     vgpu::warm_up()?;
+    let dsizes = disk::Sizes::new(args.runs, args.quick);
+    let mut dimgs = disk::Images::new(dsizes, &args.qemu)?;
+    disk::warm_up(&dimgs)?;
 
     let exit_row = |metric: &str, key: &'static str, peer: &'static str| Row {
         metric: metric.to_string(),
@@ -469,6 +475,8 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
     ];
     let sizes = vgpu::Sizes::new(n, args.quick);
     let mut vrows = vgpu::rows();
+    let mut drows = disk::rows(&dsizes);
+    let mut dextra = disk::Extra::default();
     let mut ram_read_ns = Vec::new();
     let mut qemu_failed = None;
     for i in 0..args.runs {
@@ -498,7 +506,18 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
             }
         }
         vgpu::run_once(&mut vrows, &mut ram_read_ns, sizes)?;
+        if i < dsizes.runs {
+            disk::run_once(
+                &mut dimgs,
+                &mut drows,
+                &mut dextra,
+                &exe,
+                qemu.as_ref(),
+                &elf.0,
+            )?;
+        }
     }
+    disk::finish(&dimgs, &mut drows);
     progress(args.quick, "\n");
     if let Some(e) = &qemu_failed {
         rows[4].peer_runs.clear();
@@ -524,7 +543,12 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
         sizes.poll, sizes.fills, sizes.uploads, sizes.irqs
     );
     println!();
-    let all: Vec<Row> = rows.iter().chain(vrows.iter()).cloned().collect();
+    let all: Vec<Row> = rows
+        .iter()
+        .chain(vrows.iter())
+        .chain(drows.iter())
+        .cloned()
+        .collect();
     print!("{}", stats::table(&all));
     println!();
     let rss = rows[5].vlab_median().unwrap_or(0.0) / 1024.0;
@@ -579,6 +603,7 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
         stats::median(&ram_read_ns),
         flavour == KvmFlavour::Pvm,
     ));
+    notes.extend(disk::notes(&dimgs, &dextra, qemu.as_ref()));
     println!("Notes:");
     for n in &notes {
         println!("- {n}");
@@ -604,21 +629,23 @@ fn bench_inner(args: &BenchArgs) -> Result<(), String> {
 fn vgpu_notes(rows: &[Row], ram_ns: Option<f64>, pvm: bool) -> Vec<String> {
     let ram = stats::fmt_value(ram_ns, Unit::Ns);
     let mut poll = format!(
-        "vgpu poll: the guest's `test=vgpu-poll` times N × `mov eax, [BAR0 + STATUS]; dec; jnz` \
-         with kvm-clock, in two VMs. \"Register page\": vlab's default, the vgpu's register page \
-         is a read-only KVM memslot at BAR0, so the load is a memory read. \"Trapped\": the same \
-         VM with `MachineOptions::register_pages = false`; the same load at the same address \
-         exits to vlab (MMIO exit → PCI bus → vgpu `bar_read`, served from the same page), the \
-         cost of every register read without the page. Each run's MMIO exit count is checked \
-         (≥ N trapped, < N mapped). The same loop over a RAM word: {ram} per read."
+        "vgpu poll: the guest's `test=vgpu-poll` runs N × `mov eax, [BAR0 + STATUS]; dec; jnz` \
+         in ring 3 (the register page mapped read-only into a user window, entered with \
+         `iretq`, left with `ud2`; timed with `rdtsc` at kvm-clock's scale), then in ring 0 \
+         (the second row), in two VMs. \"Register page\": vlab's default, the vgpu's register \
+         page is a read-only KVM memslot at BAR0, so the load is a memory read. \"Trapped\": \
+         the same VM with `MachineOptions::register_pages = false`; the same load at the same \
+         address exits to vlab (MMIO exit → PCI bus → vgpu `bar_read`, served from the same \
+         page), the cost of every register read without the page. Each run's MMIO exit count \
+         is checked (≥ 2N trapped, < N mapped). The same ring-3 loop over a RAM word: {ram} \
+         per read."
     );
     if pvm {
-        poll.push_str(&format!(
-            " On kvm_pvm the guest kernel's loads are themselves emulated, so a page read costs \
-             what any memory read costs here ({ram}, the three emulated instructions), which \
-             caps the ratio far below what hardware virtualization gives (a load of a few ns \
-             against a user-space exit of microseconds)."
-        ));
+        poll.push_str(
+            " On kvm_pvm guest kernel code is emulated instruction by instruction, so the \
+             ring-0 row's page read costs microseconds whatever it reads; ring-3 code runs \
+             natively, which is where a driver's user-space half polls mapped registers.",
+        );
     }
     let mut notes = vec![
         poll,

@@ -27,9 +27,14 @@ pub fn ratio(vlab: Option<f64>, peer: Option<f64>) -> Option<f64> {
     }
 }
 
-/// A ratio as `1.03×` (`n/a` when missing).
+/// A ratio as `1.03×`, two significant digits below 0.1 (`0.0031×`);
+/// `n/a` when missing.
 pub fn fmt_ratio(r: Option<f64>) -> String {
     match r {
+        Some(r) if r > 0.0 && r < 0.1 => {
+            let decimals = (1.0 - r.log10().floor()).clamp(2.0, 9.0) as usize;
+            format!("{r:.decimals$}×")
+        }
         Some(r) => format!("{r:.2}×"),
         None => "n/a".to_string(),
     }
@@ -92,6 +97,8 @@ pub enum Unit {
     PerSec,
     /// A plain count, one decimal.
     Count,
+    /// A percentage, two decimals.
+    Percent,
 }
 
 /// What a row must reach.
@@ -103,6 +110,11 @@ pub enum Target {
     CheaperBy(f64),
     /// vlab's own figure: no peer, no ratio, no target.
     None,
+    /// vlab / peer shown, no target (a comparison, not a goal).
+    Ratio,
+    /// vlab's own figure must not exceed this (in the row's unit); no
+    /// ratio.
+    Below(f64),
 }
 
 /// Format a value in `unit` (`n/a` when missing).
@@ -110,12 +122,14 @@ pub fn fmt_value(v: Option<f64>, unit: Unit) -> String {
     match v {
         None => "n/a".to_string(),
         Some(v) => match unit {
+            Unit::Ns if v < 1.0 => format!("{v:.2} ns"),
             Unit::Ns => format!("{v:.0} ns"),
             Unit::NsAsMs => format!("{:.1} ms", v / 1e6),
             Unit::KibAsMib => format!("{:.1} MiB", v / 1024.0),
             Unit::MBps => format!("{v:.0} MB/s"),
             Unit::PerSec => format!("{v:.0}/s"),
             Unit::Count => format!("{v:.1}"),
+            Unit::Percent => format!("{v:.2}%"),
         },
     }
 }
@@ -155,15 +169,20 @@ impl Row {
     /// [`Target::CheaperBy`], none without a target.
     pub fn ratio(&self) -> Option<f64> {
         match self.target {
-            Target::AtMost(_) => ratio(self.vlab_median(), self.peer_median()),
+            Target::AtMost(_) | Target::Ratio => ratio(self.vlab_median(), self.peer_median()),
             Target::CheaperBy(_) => ratio(self.peer_median(), self.vlab_median()),
-            Target::None => None,
+            Target::None | Target::Below(_) => None,
         }
     }
     /// `yes`/`no`/`n/a` (`—` without a target).
     pub fn met(&self) -> &'static str {
         match (self.target, self.ratio()) {
-            (Target::None, _) => "—",
+            (Target::None | Target::Ratio, _) => "—",
+            (Target::Below(t), _) => match self.vlab_median() {
+                Some(v) if v <= t => "yes",
+                Some(_) => "no",
+                None => "n/a",
+            },
             (Target::AtMost(t), Some(r)) if r <= t => "yes",
             (Target::CheaperBy(t), Some(r)) if r >= t => "yes",
             (_, Some(_)) => "no",
@@ -172,24 +191,25 @@ impl Row {
     }
     fn ratio_text(&self) -> String {
         match self.target {
-            Target::AtMost(_) => fmt_ratio(self.ratio()),
+            Target::AtMost(_) | Target::Ratio => fmt_ratio(self.ratio()),
             Target::CheaperBy(_) => match self.ratio() {
                 Some(r) => format!("{r:.1}× cheaper"),
                 None => "n/a".to_string(),
             },
-            Target::None => "—".to_string(),
+            Target::None | Target::Below(_) => "—".to_string(),
         }
     }
     fn target_text(&self) -> String {
         match self.target {
             Target::AtMost(t) => format!("≤ {t:.2}×"),
             Target::CheaperBy(t) => format!("≥ {t:.0}×"),
-            Target::None => "—".to_string(),
+            Target::Below(t) => format!("≤ {}", fmt_value(Some(t), self.unit)),
+            Target::None | Target::Ratio => "—".to_string(),
         }
     }
     fn peer_text(&self) -> String {
         match self.target {
-            Target::None if self.peer_runs.is_empty() => VLAB_ONLY.to_string(),
+            Target::None | Target::Below(_) if self.peer_runs.is_empty() => VLAB_ONLY.to_string(),
             _ => fmt_value(self.peer_median(), self.unit),
         }
     }
@@ -258,11 +278,14 @@ pub fn json(header: &[(&str, String)], rows: &[Row]) -> String {
             Unit::MBps => "MB/s",
             Unit::PerSec => "1/s",
             Unit::Count => "count",
+            Unit::Percent => "%",
         };
         let (target, kind) = match r.target {
             Target::AtMost(t) => (Some(t), "vlab/peer at most"),
             Target::CheaperBy(t) => (Some(t), "peer/vlab at least"),
             Target::None => (None, "none"),
+            Target::Ratio => (None, "vlab/peer, no target"),
+            Target::Below(t) => (Some(t), "vlab at most"),
         };
         let _ = write!(
             s,
@@ -327,6 +350,9 @@ mod tests {
     fn ratios_format_with_two_decimals_or_na() {
         assert_eq!(fmt_ratio(ratio(Some(1.5), Some(1.0))), "1.50×");
         assert_eq!(fmt_ratio(ratio(Some(1.0), Some(3.0))), "0.33×");
+        assert_eq!(fmt_ratio(Some(0.0031)), "0.0031×");
+        assert_eq!(fmt_ratio(Some(0.05)), "0.050×");
+        assert_eq!(fmt_ratio(Some(0.1)), "0.10×");
         assert_eq!(fmt_ratio(ratio(Some(1.0), None)), "n/a");
         assert_eq!(fmt_ratio(ratio(None, Some(1.0))), "n/a");
         assert_eq!(fmt_ratio(ratio(Some(1.0), Some(0.0))), "n/a");
@@ -404,8 +430,31 @@ mod tests {
                 unit: Unit::MBps,
                 target: Target::None,
             },
+            Row {
+                metric: "iops".into(),
+                key: "iops",
+                peer: "host",
+                vlab: vec![50.0],
+                peer_runs: vec![200.0],
+                unit: Unit::PerSec,
+                target: Target::Ratio,
+            },
+            Row {
+                metric: "fidelity".into(),
+                key: "fid",
+                peer: VLAB_ONLY,
+                vlab: vec![0.5, 3.0, 1.0],
+                peer_runs: vec![],
+                unit: Unit::Percent,
+                target: Target::Below(2.0),
+            },
         ];
         let t = table(&rows);
+        assert!(t.contains("| iops | 50/s | 200/s | 0.25× | — | — |"), "{t}");
+        assert!(
+            t.contains("| fidelity | 1.00% | n/a (vlab only) | — | ≤ 2.00% | yes |"),
+            "{t}"
+        );
         assert!(
             t.contains("| PIO | 105 ns | 100 ns | 1.05× | ≤ 1.10× | yes |"),
             "{t}"
