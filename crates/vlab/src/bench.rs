@@ -253,13 +253,15 @@ fn vlab_boot(exe: &Path) -> Result<ChildRun, String> {
     Ok(r)
 }
 
-/// QEMU's command for the hello boot.
-fn qemu_command(qemu: &Path, cpu: &str, elf: &Path) -> Command {
+/// QEMU with KVM booting vlab's guest ELF through PVH on `machine`, one
+/// vCPU, [`MEM`] of RAM, serial on stdio and the debug-exit port; the
+/// caller adds `-append` and devices.
+pub(crate) fn qemu_guest_command(qemu: &Path, machine: &str, cpu: &str, elf: &Path) -> Command {
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-enable-kvm",
         "-M",
-        "microvm",
+        machine,
         "-cpu",
         cpu,
         "-m",
@@ -275,7 +277,14 @@ fn qemu_command(qemu: &Path, cpu: &str, elf: &Path) -> Command {
         "isa-debug-exit,iobase=0xf4,iosize=4",
         "-kernel",
     ]);
-    cmd.arg(elf).args(["-append", "test=hello"]);
+    cmd.arg(elf);
+    cmd
+}
+
+/// QEMU's command for the hello boot.
+fn qemu_command(qemu: &Path, cpu: &str, elf: &Path) -> Command {
+    let mut cmd = qemu_guest_command(qemu, "microvm", cpu, elf);
+    cmd.args(["-append", "test=hello"]);
     cmd
 }
 

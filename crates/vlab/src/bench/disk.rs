@@ -31,7 +31,7 @@ use vmm::disk::DiskSpec;
 use vmm::vm::{KernelSource, MachineOptions, Vm};
 
 use super::stats::{Row, Target, Unit, VLAB_ONLY};
-use super::{time_child, Capture, Qemu, MEM, MEM_BYTES};
+use super::{time_child, Capture, Qemu, MEM_BYTES};
 use crate::guest::{GUEST_ELF, GUEST_NAME};
 
 /// The fidelity targets: p50 error and demerit, % of modelled.
@@ -332,35 +332,12 @@ fn check_done(out: &str, cmdline: &str, who: &str) -> Result<Done, String> {
 
 /// QEMU q35 running the guest with the image on virtio-blk-pci.
 fn qemu_command(q: &Qemu, elf: &Path, img: &Path, fmt: Format, cmdline: &str) -> Command {
-    let mut cmd = Command::new(q.bin);
-    cmd.args([
-        "-enable-kvm",
-        "-M",
-        "q35",
-        "-cpu",
-        q.cpu,
-        "-m",
-        MEM,
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-serial",
-        "stdio",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=4",
-        "-kernel",
-    ]);
-    cmd.arg(elf)
-        .arg("-append")
-        .arg(cmdline)
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=none,id=d0,format={},cache=writeback,aio=threads",
-            img.display(),
-            fmt.name()
-        ));
+    let mut cmd = super::qemu_guest_command(q.bin, "q35", q.cpu, elf);
+    cmd.arg("-append").arg(cmdline).arg("-drive").arg(format!(
+        "file={},if=none,id=d0,format={},cache=writeback,aio=threads",
+        img.display(),
+        fmt.name()
+    ));
     cmd.args(["-device", "virtio-blk-pci,drive=d0,disable-legacy=on"]);
     cmd
 }
