@@ -327,20 +327,11 @@ impl Cmos {
 
 impl BusDevice for Cmos {
     fn read(&mut self, a: Access, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match a.offset.checked_add(i as u64) {
-                Some(off) => self.read_port(off),
-                None => 0,
-            };
-        }
+        super::read_bytewise(a, data, |off| self.read_port(off));
     }
 
     fn write(&mut self, a: Access, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            if let Some(off) = a.offset.checked_add(i as u64) {
-                self.write_port(off, b);
-            }
-        }
+        super::write_bytewise(a, data, |off, b| self.write_port(off, b));
     }
 }
 
